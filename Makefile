@@ -1,0 +1,41 @@
+# The two commands a new user needs: `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve demo test lint eval-smoke bench-upload gpu-check clean
+
+install: $(STAMP)
+
+# torch goes first, pinned, so that the project's `torch>=2.10` adds nothing (a CPU build from disk).
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install torch==2.13.0
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+serve: install
+	$(BIN)/python -m api
+
+demo: install
+	$(BIN)/python examples/run_demo.py
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+
+eval-smoke: install
+	$(BIN)/python -m evals run --suite smoke --out eval-out
+
+bench-upload: install
+	$(BIN)/python bench/upload_memory.py
+
+gpu-check: install
+	$(BIN)/python scripts/gpu_check.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache eval-out

@@ -1,0 +1,1 @@
+"""Persistence: settings, database tables and engine, migrations, artifact store, event log."""

@@ -1,0 +1,86 @@
+"""The one settings object. Every knob of the service is read here, from the environment or `.env`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from typing_extensions import Annotated
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Server (names from the specification).
+    api_host: str = "0.0.0.0"
+    api_port: int = 8000
+    api_reload: bool = False
+    api_log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+    # Storage.
+    data_dir: Path = Path("data")
+    database_url: str | None = None  # default: SQLite file under data_dir
+
+    # Auth.
+    jwt_secret_key: str | None = None  # default: generated once, kept in data_dir with 0600
+    access_token_expire_minutes: int = Field(default=60, ge=1, le=24 * 60)
+    admin_username: str = "admin"
+    admin_password: str | None = None
+    login_rate_limit: int = Field(default=5, ge=1, description="failed logins per window")
+    login_rate_window_s: int = Field(default=60, ge=1)
+
+    # Uploads and HTTP.
+    max_upload_mb: int = Field(default=500, ge=1)
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    environment: Literal["development", "production"] = "development"
+
+    # Agent and LLM. No LLM_MODEL means the offline rules planner.
+    llm_model: str | None = None
+    llm_api_base: str | None = None
+    llm_api_key: str | None = None
+    llm_timeout_s: float = Field(default=60.0, gt=0)
+    llm_max_retries: int = Field(default=2, ge=0, le=10)
+    llm_temperature: float = Field(default=0.0, ge=0, le=2)
+
+    # Optimization sessions.
+    max_concurrent_sessions: int = Field(default=1, ge=1)
+    default_max_trials: int = Field(default=12, ge=1, le=200)
+    default_time_budget_s: float = Field(default=900.0, gt=0)
+    sse_ping_s: float = Field(default=15.0, gt=0)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'robopt.db').resolve()}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def llm_configured(self) -> bool:
+        return bool(self.llm_model)
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 1024 * 1024
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Deterministic tools on model artifacts."""

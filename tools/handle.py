@@ -1,0 +1,90 @@
+"""`ModelHandle`: a loaded model plus what the tools need to know about it.
+
+Every tool takes a handle and returns a new one; the input is never modified (`clone` deep-copies
+the runnable model). `recipe` records the transforms applied since loading, so the steps that
+produced a version can be replayed.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+ModelFormat = Literal["onnx", "torchscript", "pt2", "state_dict", "safetensors"]
+Runtime = Literal["torch", "onnx"]
+
+
+class InputSpec(BaseModel):
+    """One model input. A `None` in `shape` is a dynamic axis (batch, sequence)."""
+
+    name: str
+    shape: list[int | None]
+    dtype: str = "float32"
+    # Integer inputs (token ids) are synthesized in [low, high).
+    low: float | None = None
+    high: float | None = None
+
+
+class ArchitectureRef(BaseModel):
+    """A registered architecture and its config, for state dicts (see tools.architectures)."""
+
+    name: str
+    config: dict[str, Any] = Field(default_factory=dict)
+
+
+@dataclass
+class EvalData:
+    """Named input arrays (first axis = samples) and optional targets."""
+
+    inputs: dict[str, np.ndarray]
+    targets: np.ndarray | None = None
+
+    @property
+    def num_samples(self) -> int:
+        return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
+
+
+@dataclass
+class ModelHandle:
+    runtime: Runtime
+    format: ModelFormat
+    model: Any  # torch.nn.Module / ScriptModule / ExportedProgram module, or onnx.ModelProto
+    inputs: list[InputSpec]
+    architecture: ArchitectureRef | None = None
+    source_path: Path | None = None
+    eval_data: EvalData | None = None
+    device: str = "cpu"
+    recipe: list[dict[str, Any]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    # Per-model caches (an ONNX Runtime session); never carried over to a new handle.
+    cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def clone(self, **changes: Any) -> ModelHandle:
+        """A copy whose model can be changed without touching this handle's."""
+        model = changes.pop("model", None)
+        if model is None:
+            model = copy.deepcopy(self.model)
+        return replace(
+            self,
+            model=model,
+            recipe=list(changes.pop("recipe", self.recipe)),
+            metadata=dict(changes.pop("metadata", self.metadata)),
+            cache={},
+            **changes,
+        )
+
+    def with_step(self, model: Any, step: dict[str, Any], **changes: Any) -> ModelHandle:
+        """A new handle holding `model`, with `step` appended to the recipe."""
+        return replace(
+            self,
+            model=model,
+            recipe=[*self.recipe, step],
+            metadata=dict(self.metadata),
+            cache={},
+            **changes,
+        )
