@@ -135,3 +135,26 @@ def assert_same_weights(before: dict[str, np.ndarray], after: dict[str, np.ndarr
     assert before.keys() == after.keys()
     for name in before:
         np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+
+
+# A registered architecture (tools.architectures) with the same widths as the MLP above.
+POLICY_REF = {"name": "mlp_policy", "config": {"obs_dim": MLP_IN, "act_dim": MLP_OUT, "hidden": [MLP_HIDDEN]}}
+
+
+@pytest.fixture(scope="session")
+def policy_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """State dicts of `POLICY_REF` (seed 3, so not the architecture's default weights)."""
+    from safetensors.torch import save_file
+
+    from tools.architectures import build_model
+
+    root = tmp_path_factory.mktemp("policy_files")
+    model = build_model({**POLICY_REF, "config": {**POLICY_REF["config"], "seed": 3}})
+    torch.save(model.state_dict(), root / "policy.pt")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "policy.safetensors"))
+    torch.save(model.half().state_dict(), root / "policy_fp16.pth")
+    return {
+        "pt": root / "policy.pt",
+        "safetensors": root / "policy.safetensors",
+        "fp16": root / "policy_fp16.pth",
+    }

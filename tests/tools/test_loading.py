@@ -1,0 +1,114 @@
+"""load_model: every accepted format loads, runs, and yields the same outputs as the source model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.tools.conftest import MLP_IN, POLICY_REF, build_mlp
+from tools.errors import (
+    DataMismatchError,
+    InvalidArgumentError,
+    InvalidModelError,
+    UnsafeModelError,
+    UnsupportedFormatError,
+)
+from tools.handle import EvalData, InputSpec
+from tools.loading import load_model, require_inputs
+from tools.runtime import forward, synthesize_inputs
+
+
+def _reference(x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return build_mlp()(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize(
+    ("key", "runtime", "fmt"),
+    [("mlp_onnx", "onnx", "onnx"), ("mlp_pt2", "torch", "pt2")],
+)
+def test_self_describing_formats(model_files: dict[str, Path], key: str, runtime: str, fmt: str) -> None:
+    handle = load_model(model_files[key])
+    assert handle.runtime == runtime and handle.format == fmt
+    assert len(handle.inputs) == 1 and handle.inputs[0].shape == [None, MLP_IN]
+    x = synthesize_inputs(handle.inputs, batch_size=5)
+    (arr,) = x.values()
+    np.testing.assert_allclose(forward(handle, x), _reference(arr), rtol=1e-4, atol=1e-5)
+    assert handle.metadata["size_bytes"] == model_files[key].stat().st_size
+
+
+def test_torchscript_needs_a_signature(model_files: dict[str, Path]) -> None:
+    handle = load_model(model_files["mlp_torchscript"])
+    assert handle.format == "torchscript" and handle.inputs == []
+    with pytest.raises(InvalidArgumentError, match="input signature is unknown"):
+        require_inputs(handle)
+    specs = [InputSpec(name="obs", shape=[None, MLP_IN])]
+    handle = load_model(model_files["mlp_torchscript"], inputs=specs)
+    x = synthesize_inputs(require_inputs(handle), batch_size=3)
+    np.testing.assert_allclose(forward(handle, x), _reference(x["obs"]), rtol=1e-5, atol=1e-6)
+
+
+def test_signature_from_eval_data(model_files: dict[str, Path]) -> None:
+    handle = load_model(model_files["mlp_torchscript"], eval_data=model_files["mlp_eval_npz"])
+    assert handle.inputs[0].name == "obs" and handle.inputs[0].shape == [None, MLP_IN]
+    assert handle.eval_data is not None and handle.eval_data.num_samples == 32
+
+
+@pytest.mark.parametrize("key", ["pt", "safetensors", "fp16"])
+def test_state_dicts_of_a_registered_architecture(policy_files: dict[str, Path], key: str) -> None:
+    handle = load_model(policy_files[key], architecture=POLICY_REF)
+    assert handle.runtime == "torch" and handle.architecture is not None
+    assert handle.architecture.name == "mlp_policy" and handle.inputs[0].name == "obs"
+    weight = handle.model.body[0].weight
+    stored = torch.load(policy_files[key], weights_only=True) if key != "safetensors" else None
+    assert weight.dtype == (torch.float16 if key == "fp16" else torch.float32)
+    if stored is not None:
+        torch.testing.assert_close(weight, stored["body.0.weight"])
+    out = forward(handle, synthesize_inputs(handle.inputs, batch_size=2))
+    assert out.shape == (2, 16) and np.isfinite(out).all()
+
+
+def test_state_dict_errors(policy_files: dict[str, Path]) -> None:
+    with pytest.raises(InvalidArgumentError, match="architecture"):
+        load_model(policy_files["pt"])
+    wrong = {"name": "mlp_policy", "config": {"obs_dim": 10, "act_dim": 16, "hidden": [512]}}
+    with pytest.raises(InvalidModelError, match="do not fit architecture 'mlp_policy'.*body.0.weight"):
+        load_model(policy_files["pt"], architecture=wrong)
+    with pytest.raises(InvalidArgumentError, match="unknown architecture"):
+        load_model(policy_files["pt"], architecture={"name": "nope"})
+
+
+def test_eval_data_must_match_signature(model_files: dict[str, Path], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, obs=np.zeros((4, MLP_IN + 1), np.float32))
+    with pytest.raises(DataMismatchError, match="axis 1"):
+        load_model(model_files["mlp_onnx"], eval_data=bad)
+    renamed = EvalData(inputs={"state": np.zeros((4, MLP_IN), np.float32)})
+    with pytest.raises(DataMismatchError, match="names"):
+        load_model(model_files["mlp_onnx"], eval_data=renamed)
+
+
+def test_tensorflow_and_keras_refused_with_conversion(tmp_path: Path) -> None:
+    for ext, tool in ((".pb", "tf2onnx"), (".h5", "keras2onnx")):
+        path = tmp_path / f"m{ext}"
+        path.write_bytes(b"\x0a\x01x")
+        with pytest.raises(UnsupportedFormatError, match=tool):
+            load_model(path)
+
+
+def test_unsafe_file_never_loads(tmp_path: Path) -> None:
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(1), "p": Payload()}, path, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    with pytest.raises(UnsafeModelError):
+        load_model(path, architecture=POLICY_REF)
+    assert not (tmp_path / "ran").exists()
