@@ -1,0 +1,160 @@
+"""Pruning really removes weights: zeros for magnitude, fewer parameters for structured; typed errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from tests.tools.conftest import assert_same_weights, cnn_handle, mlp_handle, weights_snapshot
+from tools.architectures import build_model, input_specs
+from tools.errors import (
+    InvalidArgumentError,
+    UnknownMethodError,
+    UnsupportedDeviceError,
+    UnsupportedFormatError,
+)
+from tools.handle import ArchitectureRef, ModelHandle
+from tools.prune import prune, sparsity_of
+from tools.runtime import forward, synthesize_inputs
+
+
+def _params(handle: ModelHandle) -> int:
+    return sum(p.numel() for p in handle.model.parameters())
+
+
+def _registry_handle(name: str) -> ModelHandle:
+    ref = ArchitectureRef(name=name)
+    return ModelHandle(
+        runtime="torch",
+        format="state_dict",
+        model=build_model(ref),
+        inputs=input_specs(ref),
+        architecture=ref,
+    )
+
+
+@pytest.mark.parametrize("scope", ["global", "per_layer"])
+def test_magnitude_half_leaves_half_zeros_and_input_untouched(scope: str) -> None:
+    handle = mlp_handle()
+    before = weights_snapshot(handle)
+    pruned = prune(handle, "magnitude", 0.5, scope=scope)
+    weights = [m.weight for m in pruned.model.modules() if isinstance(m, torch.nn.Linear)]
+    zeros = sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)
+    assert zeros >= 0.49
+    if scope == "per_layer":
+        assert all(float((w == 0).float().mean()) >= 0.49 for w in weights)
+    # Permanent: plain parameters, no re-parametrisation hooks left behind.
+    assert not any(k.endswith("_orig") or k.endswith("_mask") for k in pruned.model.state_dict())
+    assert sparsity_of(handle) < 0.01
+    assert_same_weights(before, weights_snapshot(handle))
+    assert handle.recipe == [] and pruned.recipe[-1]["method"] == "magnitude"
+    assert pruned.recipe[-1]["result"]["sparsity"] >= 0.49
+
+
+def test_magnitude_include_exclude_select_layers() -> None:
+    handle = mlp_handle()
+    pruned = prune(handle, "magnitude", 0.5, exclude=["head"])
+    assert float((pruned.model.head.weight == 0).float().mean()) == 0.0
+    assert float((pruned.model.encoder[2].weight == 0).float().mean()) > 0.3
+    only = prune(handle, "magnitude", 0.5, include=["encoder.0"])
+    assert float((only.model.encoder[0].weight == 0).float().mean()) >= 0.49
+    assert float((only.model.encoder[2].weight == 0).float().mean()) == 0.0
+    with pytest.raises(InvalidArgumentError, match="match"):
+        prune(handle, "magnitude", 0.5, include=["no_such_layer*"])
+
+
+def test_magnitude_on_onnx_initializers(model_files: dict[str, Path]) -> None:
+    proto = onnx.load(str(model_files["mlp_onnx"]))
+    handle = ModelHandle(runtime="onnx", format="onnx", model=proto, inputs=mlp_handle().inputs)
+    before = weights_snapshot(handle)
+    pruned = prune(handle, "magnitude", 0.5, scope="per_layer")
+    assert pruned.recipe[-1]["result"]["pruned_layers"] == 3
+    assert sparsity_of(pruned, pruned.recipe[-1]["result"]["layer_sparsity"]) >= 0.49
+    assert_same_weights(before, weights_snapshot(handle))
+    x = synthesize_inputs(handle.inputs, 4)
+    out = forward(pruned, x)
+    assert out.shape == (4, 16) and not np.allclose(out, forward(handle, x))
+
+
+def test_magnitude_on_torchscript() -> None:
+    eager = mlp_handle()
+    script = torch.jit.trace(eager.model, torch.randn(2, 64))
+    handle = ModelHandle(runtime="torch", format="torchscript", model=script, inputs=eager.inputs)
+    pruned = prune(handle, "magnitude", 0.5)
+    assert sparsity_of(pruned) >= 0.49 and sparsity_of(handle) < 0.01
+
+
+def test_structured_half_removes_40_percent_runs_and_exports(tmp_path: Path) -> None:
+    handle = mlp_handle()
+    before = weights_snapshot(handle)
+    pruned = prune(handle, "structured", 0.5)
+    assert _params(pruned) <= 0.6 * _params(handle)
+    assert pruned.model.head.out_features == 16 and pruned.model.encoder[0].in_features == 64
+    assert_same_weights(before, weights_snapshot(handle))
+    x = synthesize_inputs(handle.inputs, 3)
+    expected = forward(pruned, x)
+    assert expected.shape == (3, 16)
+    path = tmp_path / "pruned.onnx"
+    torch.onnx.export(
+        pruned.model, (torch.from_numpy(x["obs"]),), str(path), input_names=["obs"], dynamo=False
+    )  # fmt: skip
+    got = ort.InferenceSession(str(path)).run(None, {"obs": x["obs"]})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert path.stat().st_size < 0.7 * 4 * _params(handle)
+
+
+@pytest.mark.parametrize("scope", ["global", "per_layer"])
+def test_structured_cnn_and_registry_models(scope: str) -> None:
+    for handle in (cnn_handle(), _registry_handle("cnn_classifier"), _registry_handle("mlp_policy")):
+        pruned = prune(handle, "structured", 0.5, scope=scope)
+        assert _params(pruned) <= 0.6 * _params(handle)
+        x = synthesize_inputs(handle.inputs, 2)
+        assert forward(pruned, x).shape == forward(handle, x).shape
+
+
+def test_structured_vla_prunes_heads_and_mlp_widths(tmp_path: Path) -> None:
+    handle = _registry_handle("vla_mini")
+    before = weights_snapshot(handle)
+    pruned = prune(handle, "structured", 0.5)
+    result = pruned.recipe[-1]["result"]
+    assert result["heads_removed"] > 0
+    assert _params(pruned) <= 0.6 * _params(handle)
+    layer = pruned.model.layers[0]
+    assert layer.self_attn.num_heads == 2 and layer.self_attn.q_proj.out_features == 64
+    assert layer.mlp.gate_proj.out_features == layer.mlp.down_proj.in_features < 344
+    assert pruned.model.lm_head.out_features == 512  # the action head is never pruned
+    assert_same_weights(before, weights_snapshot(handle))
+    x = synthesize_inputs(handle.inputs, 2)
+    out = forward(pruned, x)
+    assert out.shape == (2, 7, 256)
+    path = tmp_path / "vla.pt"
+    example = tuple(torch.from_numpy(x[s.name]) for s in handle.inputs)
+    traced = torch.jit.trace(pruned.model, example, check_trace=False)
+    traced.save(str(path))
+    reloaded = torch.jit.load(str(path))
+    with torch.inference_mode():
+        again = reloaded(*[torch.from_numpy(x[s.name]) for s in handle.inputs])
+    np.testing.assert_allclose(again.numpy(), out, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments_raise_typed_errors(model_files: dict[str, Path]) -> None:
+    handle = mlp_handle()
+    with pytest.raises(UnknownMethodError, match="unknown pruning method"):
+        prune(handle, "random_forest", 0.5)
+    for amount in (0, 1, 1.5, -0.1, True):
+        with pytest.raises(InvalidArgumentError, match="between 0 and 1"):
+            prune(handle, "magnitude", amount)
+    with pytest.raises(InvalidArgumentError, match="scope"):
+        prune(handle, "magnitude", 0.5, scope="everywhere")  # type: ignore[arg-type]
+    if not torch.cuda.is_available():
+        with pytest.raises(UnsupportedDeviceError, match="CUDA"):
+            prune(handle, "semi_structured_2_4", 0.5)
+    proto = onnx.load(str(model_files["mlp_onnx"]))
+    onnx_handle = ModelHandle(runtime="onnx", format="onnx", model=proto, inputs=handle.inputs)
+    with pytest.raises(UnsupportedFormatError):
+        prune(onnx_handle, "structured", 0.5)
