@@ -1,0 +1,271 @@
+"""Latency, throughput and memory of one forward pass, measured honestly.
+
+Warm-up iterations run first and are not timed. On CUDA each iteration is timed with CUDA events
+(GPU time, no host overhead in the number); on CPU with `time.perf_counter`. Inputs are the
+model's evaluation data (the first `batch_size` samples, repeated if there are fewer) or inputs
+synthesized from its signature with a fixed seed. Input conversion happens once, outside the
+timed loop.
+
+Peak memory:
+- CUDA: `torch.cuda.max_memory_allocated` over the timed run (weights + activations + workspace).
+- CPU: the weights' size (the serialized size, which is what a process holds once loaded) plus the
+  peak growth of the process's resident set during the timed run, sampled by a thread; Python's
+  tracemalloc does not see torch's or ONNX Runtime's allocations.
+`memory_method` says which.
+"""
+
+from __future__ import annotations
+
+import copy
+import platform
+import threading
+import time
+from importlib import metadata
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+
+from tools.errors import InvalidArgumentError, UnsupportedDeviceError
+from tools.handle import ModelHandle
+from tools.runtime import check_inputs, onnx_session, synthesize_inputs, to_tensors, torch_forward
+
+_VERSIONED = ("torch", "onnxruntime", "onnx", "torchao", "bitsandbytes", "torch-pruning", "numpy")
+
+
+class BenchmarkResult(BaseModel):
+    device: str = Field(description="'cpu' or 'cuda[:n]' the model ran on.")
+    device_name: str
+    runtime: str
+    format: str
+    batch_size: int
+    warmup: int
+    iterations: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+    std_ms: float
+    throughput_per_s: float = Field(description="Samples per second at this batch size (batch_size / mean).")
+    peak_memory_mb: float
+    memory_method: Literal["cuda_max_memory_allocated", "weights_plus_rss_delta"]
+    size_bytes: int = Field(description="Bytes of the model saved in its natural format.")
+    timer: Literal["cuda_events", "perf_counter"]
+    num_threads: int | None = Field(None, description="torch intra-op threads during the run (CPU).")
+    input_source: Literal["eval_data", "synthesized"]
+    versions: dict[str, str]
+
+
+def benchmark(
+    handle: ModelHandle,
+    *,
+    device: str = "cpu",
+    batch_size: int = 1,
+    warmup: int = 10,
+    iterations: int = 100,
+    num_threads: int | None = None,
+) -> BenchmarkResult:
+    """Time `iterations` forward passes of `batch_size` samples on `device` after `warmup` untimed ones.
+
+    `num_threads` sets torch's intra-op threads for the run only (restored afterwards).
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(iterations, int) or iterations < 1:
+        raise InvalidArgumentError(f"iterations must be a positive integer, got {iterations!r}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise InvalidArgumentError(f"warmup must be a non-negative integer, got {warmup!r}")
+    if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
+        raise InvalidArgumentError(f"num_threads must be a positive integer, got {num_threads!r}")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise InvalidArgumentError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UnsupportedDeviceError(
+                "benchmark on 'cuda' needs an NVIDIA GPU; this machine has no CUDA device (use device='cpu')"
+            )
+        if device == "cuda":
+            device = f"cuda:{torch.cuda.current_device()}"
+
+    from tools.export import serialized_size
+
+    size_bytes = int(serialized_size(handle))
+    runner = _on_device(handle, device)
+    inputs, source = _inputs(runner, batch_size)
+    call = _prepare(runner, inputs, device)
+
+    previous_threads = torch.get_num_threads()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+    try:
+        if device.startswith("cuda"):
+            times, peak = _time_cuda(call, warmup, iterations, torch.device(device))
+            memory_method: Any = "cuda_max_memory_allocated"
+            peak_mb = peak / 2**20
+            timer: Any = "cuda_events"
+        else:
+            times, rss_delta = _time_cpu(call, warmup, iterations)
+            memory_method, timer = "weights_plus_rss_delta", "perf_counter"
+            peak_mb = (size_bytes + rss_delta) / 2**20
+        threads = torch.get_num_threads() if not device.startswith("cuda") else None
+    finally:
+        torch.set_num_threads(previous_threads)
+
+    arr = np.asarray(times, dtype=np.float64)
+    mean = float(arr.mean())
+    return BenchmarkResult(
+        device=device,
+        device_name=_device_name(device),
+        runtime=handle.runtime,
+        format=handle.format,
+        batch_size=batch_size,
+        warmup=warmup,
+        iterations=iterations,
+        p50_ms=float(np.percentile(arr, 50)),
+        p90_ms=float(np.percentile(arr, 90)),
+        p99_ms=float(np.percentile(arr, 99)),
+        mean_ms=mean,
+        min_ms=float(arr.min()),
+        std_ms=float(arr.std()),
+        throughput_per_s=batch_size * 1000.0 / mean if mean > 0 else float("inf"),
+        peak_memory_mb=float(peak_mb),
+        memory_method=memory_method,
+        size_bytes=size_bytes,
+        timer=timer,
+        num_threads=threads,
+        input_source=source,
+        versions=library_versions(),
+    )
+
+
+def library_versions() -> dict[str, str]:
+    out: dict[str, str] = {"python": platform.python_version()}
+    for dist in _VERSIONED:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    if torch.version.cuda:
+        out["cuda"] = str(torch.version.cuda)
+    return out
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import os
+
+    return f"{name} ({os.cpu_count()} logical cores)"
+
+
+def _on_device(handle: ModelHandle, device: str) -> ModelHandle:
+    """The handle itself when it is already there; else a copy moved to `device` (input untouched)."""
+    want_cuda = device.startswith("cuda")
+    if handle.device.startswith("cuda") == want_cuda and (not want_cuda or handle.device == device):
+        return handle
+    if handle.runtime == "onnx":
+        if want_cuda:
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise UnsupportedDeviceError(
+                    "this ONNX Runtime build has no CUDA execution provider; benchmark ONNX models on 'cpu'"
+                )
+        return handle.clone(model=handle.model, device=device)
+    model = copy.deepcopy(handle.model).to(device)
+    return handle.clone(model=model, device=device)
+
+
+def _inputs(
+    handle: ModelHandle, batch_size: int
+) -> tuple[dict[str, np.ndarray], Literal["eval_data", "synthesized"]]:
+    data = handle.eval_data
+    if data is not None and data.inputs and data.num_samples > 0:
+        check_inputs(handle.inputs, data.inputs)
+        n = data.num_samples
+        idx = np.arange(batch_size) % n
+        return {k: np.ascontiguousarray(v[idx]) for k, v in data.inputs.items()}, "eval_data"
+    if not handle.inputs:
+        raise InvalidArgumentError(
+            "the model has no input signature and no evaluation data to benchmark with"
+        )
+    return synthesize_inputs(handle.inputs, batch_size, seed=0), "synthesized"
+
+
+def _prepare(handle: ModelHandle, inputs: dict[str, np.ndarray], device: str) -> Any:
+    """A zero-argument callable running one forward pass on ready-made inputs."""
+    if handle.runtime == "onnx":
+        session = onnx_session(handle)
+        feeds = {}
+        for spec, meta in zip(handle.inputs, session.get_inputs(), strict=False):
+            arr = inputs[spec.name]
+            if meta.type == "tensor(float16)":
+                arr = arr.astype(np.float16)
+            feeds[meta.name] = arr
+        return lambda: session.run(None, feeds)
+    tensors = to_tensors(handle, inputs)
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return torch_forward(handle, tensors)
+
+    return run
+
+
+def _time_cpu(call: Any, warmup: int, iterations: int) -> tuple[list[float], int]:
+    import psutil
+
+    # The baseline is taken before warm-up: the first passes are where activation buffers and
+    # allocator pools grow, and that growth is part of what running the model costs.
+    proc = psutil.Process()
+    base = proc.memory_info().rss
+    peak = [base]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak[0] = max(peak[0], proc.memory_info().rss)
+            stop.wait(0.002)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    times: list[float] = []
+    try:
+        for _ in range(warmup):
+            call()
+        for _ in range(iterations):
+            start = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - start) * 1000.0)
+    finally:
+        stop.set()
+        sampler.join()
+    peak[0] = max(peak[0], proc.memory_info().rss)
+    return times, max(0, peak[0] - base)
+
+
+def _time_cuda(call: Any, warmup: int, iterations: int, device: torch.device) -> tuple[list[float], int]:
+    for _ in range(warmup):
+        call()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
+    for i in range(iterations):
+        starts[i].record()
+        call()
+        ends[i].record()
+    torch.cuda.synchronize(device)
+    times = [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
+    return times, int(torch.cuda.max_memory_allocated(device))
