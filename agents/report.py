@@ -1,0 +1,123 @@
+"""The results of a session, computed from its graph state (also for partial, cancelled runs)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.criteria import (
+    Criteria,
+    Measurement,
+    goal_reached,
+    improvements,
+    meets,
+    objective,
+    pareto_front,
+    size_reduction_percent,
+    speedup,
+)
+from agents.state import BASELINE_VERSION
+
+
+def build_report(state: dict[str, Any]) -> dict[str, Any]:
+    if not state.get("baseline"):
+        return {
+            "optimization_summary": {
+                "status_note": "the session stopped before the original model was measured",
+                "trials": len(state.get("trials", [])),
+            },
+            "performance_improvements": None,
+            "trials": state.get("trials", []),
+            "pareto_set": [],
+            "selected_version": None,
+            "recipe": [],
+        }
+    criteria = Criteria.model_validate(state["criteria"])
+    baseline = Measurement.model_validate(state["baseline"])
+    versions: dict[str, dict[str, Any]] = state.get("versions", {})
+    selected_id = state.get("current_version", BASELINE_VERSION)
+    selected = versions[selected_id]
+    sel_m = Measurement.model_validate(selected["measurement"])
+    trials = state.get("trials", [])
+    measured = [
+        (vid, Measurement.model_validate(v["measurement"]))
+        for vid, v in versions.items()
+        if v.get("measurement") is not None
+    ]
+    front = pareto_front(measured)
+    pareto = [
+        {
+            "version": vid,
+            "trial": versions[vid].get("trial"),
+            "size_bytes": m.size_bytes,
+            "latency_p50_ms": m.latency_p50_ms,
+            "accuracy_retained": m.accuracy_retained,
+            "meets_criteria": meets(criteria, baseline, m),
+            "objective": objective(criteria, baseline, m),
+        }
+        for vid, m in measured
+        if vid in front
+    ]
+    accepted = sum(1 for t in trials if t.get("status") == "accepted")
+    rejected = sum(1 for t in trials if t.get("status") == "rejected")
+    failed = sum(1 for t in trials if t.get("status") == "failed")
+    recipe = selected.get("recipe", [])
+    summary = {
+        "selected_version": selected_id,
+        "criteria": criteria.model_dump(mode="json"),
+        "criteria_met": meets(criteria, baseline, sel_m),
+        "goal_reached": goal_reached(criteria, baseline, sel_m),
+        "improved": selected_id != BASELINE_VERSION,
+        "size_reduction_percent": round(size_reduction_percent(baseline, sel_m), 2),
+        "latency_speedup": round(speedup(baseline, sel_m), 3),
+        "accuracy_retained": round(sel_m.accuracy_retained, 5),
+        "trials_total": len(trials),
+        "trials_accepted": accepted,
+        "trials_rejected": rejected,
+        "trials_failed": failed,
+        "finish_reason": state.get("finish_reason", ""),
+        "device": state.get("device"),
+        "techniques_used": sorted({_technique(c) for c in recipe}),
+        "text": _summary_text(
+            criteria, baseline, sel_m, selected_id, len(trials), state.get("finish_reason", "")
+        ),
+    }
+    return {
+        "optimization_summary": summary,
+        "performance_improvements": improvements(baseline, sel_m),
+        "baseline": baseline.model_dump(),
+        "selected": sel_m.model_dump(),
+        "trials": trials,
+        "pareto_set": pareto,
+        "selected_version": {
+            "version": selected_id,
+            "trial": selected.get("trial"),
+            "artifact_format": selected.get("artifact_format"),
+            "measurement": sel_m.model_dump(),
+        },
+        "recipe": recipe,
+        "accepted_chain": state.get("accepted_chain", [BASELINE_VERSION]),
+    }
+
+
+def _technique(call: dict[str, Any]) -> str:
+    if call.get("tool") == "prune":
+        return "pruning"
+    method = (call.get("arguments") or {}).get("method")
+    return "half_precision" if method in ("fp16", "bf16") else "quantization"
+
+
+def _summary_text(
+    criteria: Criteria, baseline: Measurement, sel: Measurement, selected: str, trials: int, reason: str
+) -> str:
+    if selected == BASELINE_VERSION:
+        return (
+            f"No candidate beat the original within the criteria after {trials} trial(s) ({reason}). "
+            "The original model is kept."
+        )
+    return (
+        f"Selected {selected}: {size_reduction_percent(baseline, sel):.1f}% smaller "
+        f"({baseline.size_bytes} -> {sel.size_bytes} bytes), {speedup(baseline, sel):.2f}x latency "
+        f"({baseline.latency_p50_ms:.3f} -> {sel.latency_p50_ms:.3f} ms p50), "
+        f"{100 * sel.accuracy_retained:.2f}% accuracy retained (floor {100 * criteria.accuracy_floor:.1f}%), "
+        f"after {trials} trial(s). Stopped because: {reason}"
+    )

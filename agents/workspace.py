@@ -1,0 +1,141 @@
+"""Where a session's models live while it runs: loaded handles, version artifacts, recipe replay.
+
+The graph state names versions; this object turns a version into a runnable handle. Handles are
+cached in memory (the original, the current version, the latest candidate); any other version is
+rebuilt by replaying its recipe of validated tool calls on the original, which is exact because
+every tool is deterministic (seeded). That is also how a session resumes after a crash.
+
+Each candidate is also written to the artifact store (DATA_DIR/artifacts/<session>/<version>/) in a
+format a user can download and load again: TorchScript for torch models, ONNX for ONNX models.
+Every method here is blocking (compute, disk): call it through asyncio.to_thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents.state import ToolCall, VersionRecord
+
+
+@dataclass
+class ModelSource:
+    path: Path
+    architecture: dict[str, Any] | None = None
+    eval_data: Path | None = None
+    name: str = ""
+    description: str = ""
+
+
+class Workspace:
+    def __init__(
+        self,
+        *,
+        source: ModelSource | None = None,
+        original: Any = None,  # a ModelHandle, when the caller already has one (optimize_local)
+        artifacts_dir: Path | None = None,
+        device: str = "cpu",
+    ) -> None:
+        if source is None and original is None:
+            raise ValueError("a workspace needs a model source or a loaded handle")
+        self.source = source
+        self._original = original
+        self.artifacts_dir = artifacts_dir
+        self.device = device
+        self._cache: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- handles -----------------------------------------------------------------------------
+
+    def original(self) -> Any:
+        with self._lock:
+            if self._original is None:
+                from tools import load_model
+
+                assert self.source is not None
+                handle = load_model(
+                    self.source.path,
+                    architecture=self.source.architecture,
+                    eval_data=self.source.eval_data,
+                )
+                self._original = handle
+            if self._original.device != self.device and self._original.runtime == "torch":
+                self._original = self._to_device(self._original)
+            return self._original
+
+    def _to_device(self, handle: Any) -> Any:
+        model = handle.model
+        if hasattr(model, "to"):
+            model = model.to(self.device)
+        return handle.clone(model=model, device=self.device)
+
+    def handle(self, version: VersionRecord) -> Any:
+        """A runnable handle for `version` (cached, or rebuilt from its recipe)."""
+        cached = self._cache.get(version.id)
+        if cached is not None:
+            return cached
+        handle = self.replay(version.recipe)
+        self._cache[version.id] = handle
+        return handle
+
+    def replay(self, calls: list[ToolCall]) -> Any:
+        handle = self.original()
+        for call in calls:
+            handle = run_call(handle, call)
+        return handle
+
+    def apply(self, base: VersionRecord, calls: list[ToolCall]) -> Any:
+        handle = self.handle(base)
+        for call in calls:
+            handle = run_call(handle, call)
+        return handle
+
+    def remember(self, version_id: str, handle: Any, keep: set[str]) -> None:
+        """Cache `handle` as `version_id`, dropping cached versions not in `keep` (memory)."""
+        self._cache[version_id] = handle
+        for key in list(self._cache):
+            if key not in keep and key != version_id:
+                del self._cache[key]
+
+    # -- artifacts ---------------------------------------------------------------------------
+
+    def save(self, version_id: str, handle: Any) -> tuple[str | None, str | None]:
+        """Write the version's downloadable artifact; (path, format), or (None, None) without a store."""
+        if self.artifacts_dir is None:
+            return None, None
+        from tools.export import export
+
+        directory = self.artifacts_dir / version_id
+        directory.mkdir(parents=True, exist_ok=True)
+        fmt, name = ("onnx", "model.onnx") if handle.runtime == "onnx" else ("torchscript", "model.pt")
+        destination = directory / name
+        tmp = directory / f".tmp-{name}"
+        try:
+            export(handle, fmt, tmp)
+            tmp.replace(destination)
+        except Exception:
+            tmp.unlink(missing_ok=True)
+            if handle.runtime != "torch":
+                raise
+            # Some transforms (packed int8 kernels, sparse tensors) do not script or trace. The
+            # version stays reproducible from its recipe; the file is the server's own pickle and
+            # is never offered for upload-style loading.
+            import torch
+
+            fmt, destination = "torch_module", directory / "module.pt"
+            tmp = directory / ".tmp-module.pt"
+            torch.save(handle.model, tmp)
+            tmp.replace(destination)
+        return str(destination), fmt
+
+
+def run_call(handle: Any, call: ToolCall) -> Any:
+    """Validate one call against the registry's schema and run it."""
+    from tools.registry import run_tool, validate_call
+
+    args: BaseModel = validate_call(call.tool, call.arguments)
+    return run_tool(call.tool, handle, args)
