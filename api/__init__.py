@@ -1,0 +1,3 @@
+"""robopt's HTTP API."""
+
+__version__ = "0.1.0"

@@ -12,8 +12,8 @@ ROLES: tuple[str, ...] = ("admin", "user")
 
 
 def utcnow() -> datetime:
-    """Naive UTC: both SQLite and PostgreSQL columns store UTC without a zone, read back the same."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    """Aware UTC (SQLModel's datetime columns refuse naive values and read back UTC)."""
+    return datetime.now(UTC)
 
 
 def new_hex_id() -> str:

@@ -26,7 +26,7 @@ def upgrade() -> None:
         sa.Column("hashed_password", sa.String(255), nullable=False),
         sa.Column("role", sa.String(16), nullable=False),
         sa.Column("is_active", sa.Boolean(), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_users_username", "users", ["username"], unique=True)
 
@@ -34,8 +34,8 @@ def upgrade() -> None:
         "revoked_tokens",
         sa.Column("jti", sa.String(64), primary_key=True),
         sa.Column("user_id", sa.String(32), nullable=False),
-        sa.Column("expires_at", sa.DateTime(), nullable=False),
-        sa.Column("revoked_at", sa.DateTime(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_revoked_tokens_user_id", "revoked_tokens", ["user_id"])
     op.create_index("ix_revoked_tokens_expires_at", "revoked_tokens", ["expires_at"])
@@ -52,7 +52,7 @@ def upgrade() -> None:
         sa.Column("size_bytes", sa.BigInteger(), nullable=False),
         sa.Column("sha256", sa.String(64), nullable=False),
         sa.Column("stored_path", sa.String(1024), nullable=False),
-        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("architecture", sa.JSON(), nullable=True),
         sa.Column("input_spec", sa.JSON(), nullable=True),
         sa.Column("format_details", sa.JSON(), nullable=True),

@@ -1,0 +1,172 @@
+"""The FastAPI application factory. `uvicorn api.main:app` serves the module-level `app`."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import importlib.util
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlmodel import select
+
+from api import __version__
+from api.errors import install_error_handlers
+from api.log import configure_logging
+from api.metrics import Metrics
+from api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from api.ratelimit import LoginRateLimiter
+from api.routers import all_routers
+from api.security import (
+    DEFAULT_ADMIN_PASSWORD,
+    check_production_settings,
+    hash_password,
+    load_or_create_secret,
+    verify_password,
+)
+from state.artifacts import ArtifactStore
+from state.db import create_engine_for, run_migrations, session_factory
+from state.settings import Settings, get_settings
+from state.users import User
+
+log = logging.getLogger("robopt.api")
+
+# The optimization runner (issue 4) lives in agents/runtime.py with `async start(app)` and
+# `async stop(app)`; the foundation runs without it until it exists.
+RUNTIME_MODULE = "agents.runtime"
+
+TAGS = [
+    {"name": "monitoring", "description": "Health, system status, session metrics, Prometheus metrics."},
+    {
+        "name": "auth",
+        "description": "Log in with JSON or the OAuth2 password form; log out revokes the token.",
+    },
+    {"name": "users", "description": "User administration (administrators only)."},
+    {"name": "models", "description": "Upload, list, download and delete models; attach evaluation data."},
+    {"name": "optimization", "description": "Start, watch, cancel and roll back optimization sessions."},
+]
+
+DESCRIPTION = """
+REST API of **robopt**, the agentic platform that makes robotics models (OpenVLA, small control
+policies) small and fast enough to deploy.
+
+All endpoints except `/health` and `/auth/login` need `Authorization: Bearer <token>`
+(use **Authorize** above, or `POST /auth/login` with `{"username", "password"}`).
+Every error answers with `{"error", "message", "details"}`; every response carries `X-Request-ID`.
+"""
+
+
+async def bootstrap_admin(app: FastAPI) -> None:
+    """Create the configured admin if missing; warn at every start while it still has the default password."""
+    settings: Settings = app.state.settings
+    password = settings.admin_password or DEFAULT_ADMIN_PASSWORD
+    async with app.state.sessionmaker() as db:
+        admin = (await db.exec(select(User).where(User.username == settings.admin_username))).first()
+        if admin is None:
+            hashed = await asyncio.to_thread(hash_password, password)
+            db.add(User(username=settings.admin_username, hashed_password=hashed, role="admin"))
+            await db.commit()
+            log.info("created administrator '%s'", settings.admin_username)
+            uses_default = settings.admin_password is None
+        else:
+            uses_default = await asyncio.to_thread(
+                verify_password, DEFAULT_ADMIN_PASSWORD, admin.hashed_password
+            )
+    if uses_default:
+        log.warning(
+            "administrator '%s' has the default password '%s': set ADMIN_PASSWORD "
+            "(production refuses to start)",
+            settings.admin_username,
+            DEFAULT_ADMIN_PASSWORD,
+        )
+
+
+def _runtime_module():  # type: ignore[no-untyped-def]
+    # Optional until issue 4 lands; find_spec keeps real import errors inside it visible.
+    try:
+        if importlib.util.find_spec(RUNTIME_MODULE) is None:
+            return None
+    except ImportError:  # the `agents` package itself is absent
+        return None
+    return importlib.import_module(RUNTIME_MODULE)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    check_production_settings(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.uploads_dir.mkdir(parents=True, exist_ok=True)
+    app.state.jwt_secret = load_or_create_secret(settings)
+    url = settings.resolved_database_url
+    await asyncio.to_thread(run_migrations, url)
+    app.state.engine = create_engine_for(url)
+    app.state.sessionmaker = session_factory(app.state.engine)
+    app.state.store = ArtifactStore(settings.artifacts_dir)
+    app.state.started_at = time.monotonic()
+    _remove_stale_partial_uploads(settings)
+    await bootstrap_admin(app)
+    runtime = _runtime_module()
+    if runtime is not None:
+        await runtime.start(app)
+    log.info(
+        "robopt %s ready (%s, data in %s)", __version__, settings.environment, settings.data_dir.resolve()
+    )
+    try:
+        yield
+    finally:
+        if runtime is not None:
+            await runtime.stop(app)
+        await app.state.engine.dispose()
+
+
+def _remove_stale_partial_uploads(settings: Settings) -> None:
+    # Left by a process killed mid-upload; nothing references them.
+    for leftover in settings.uploads_dir.glob(".upload-*.part"):
+        leftover.unlink(missing_ok=True)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    configure_logging(settings.api_log_level)
+    app = FastAPI(
+        title="robopt: Robotics Model Optimization Platform API",
+        version=__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url="/redoc",
+        openapi_url="/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.login_limiter = LoginRateLimiter(settings.login_rate_limit, settings.login_rate_window_s)
+    install_error_handlers(app)
+    for router in all_routers():
+        app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_credentials=False,  # bearer tokens, no cookies
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", REQUEST_ID_HEADER],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        )
+    # Added last so it is the outermost of ours: every response, CORS ones included, gets an id.
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn api.main:app`: built on first access, so importing this module has no side effects.
+    if name == "app":
+        global app
+        app = create_app()
+        return app
+    raise AttributeError(name)

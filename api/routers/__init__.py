@@ -1,0 +1,26 @@
+"""The API's routers, in the order they appear in the documentation.
+
+The sessions router (issue 4) is included when `api/routers/sessions.py` exists; it must expose
+`router` (an APIRouter; its routes set their own paths, e.g. POST /optimize and /sessions/...).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from fastapi import APIRouter
+
+from api.routers import auth, models, monitoring, users
+
+# Optional routers: included when their module exists. find_spec (rather than catching ImportError)
+# so that a real import error inside such a module still fails loudly.
+OPTIONAL_ROUTER_MODULES = ("api.routers.sessions",)
+
+
+def all_routers() -> list[APIRouter]:
+    routers = [monitoring.router, auth.router, users.router, models.router]
+    for name in OPTIONAL_ROUTER_MODULES:
+        if importlib.util.find_spec(name) is not None:
+            routers.append(importlib.import_module(name).router)
+    return routers

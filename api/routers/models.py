@@ -1,0 +1,351 @@
+"""Model registry: streaming upload with validation, list, get, download, delete, evaluation data."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import FileResponse
+from pydantic import ValidationError
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from api.deps import CurrentUser, DbDep, SettingsDep, StoreDep
+from api.errors import ApiError, error_responses
+from api.log import security_event
+from api.model_files import (
+    EVAL_DATA_EXTENSIONS,
+    MODEL_EXTENSIONS,
+    ToolError,
+    check_eval_data,
+    check_model_file,
+    probe_input_spec,
+    report_details,
+)
+from api.schemas.models import DeleteResponse, ModelList, ModelPublic, UploadResponse
+from api.session_usage import model_in_use
+from api.uploads import ReceivedUpload, receive_upload
+from state.artifacts import new_id
+from state.registry import ModelRecord
+from state.users import User
+from tools.errors import DataMismatchError, UnsafeModelError
+from tools.handle import ArchitectureRef, InputSpec
+from tools.runtime import check_inputs
+
+log = logging.getLogger("robopt.models")
+router = APIRouter(prefix="/models", tags=["models"])
+
+NAMESPACE = "models"
+MAX_NAME = 200
+MAX_DESCRIPTION = 2000
+
+
+def _multipart_doc(extensions: tuple[str, ...], with_metadata: bool) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "file": {"type": "string", "format": "binary", "description": f"One of {', '.join(extensions)}"}
+    }
+    if with_metadata:
+        properties |= {
+            "name": {"type": "string", "maxLength": MAX_NAME, "description": "Defaults to the file name."},
+            "description": {"type": "string", "maxLength": MAX_DESCRIPTION},
+            "architecture": {
+                "type": "string",
+                "description": "JSON naming a registered architecture for a state dict, e.g. "
+                '{"name": "mlp_policy", "config": {}}',
+            },
+        }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["file"], "properties": properties}
+                }
+            },
+        }
+    }
+
+
+async def get_owned_model(db: AsyncSession, model_id: str, user: User) -> ModelRecord:
+    """The model if the user may see it; another user's model answers 404 like a missing one."""
+    record = await db.get(ModelRecord, model_id)
+    if record is None or (user.role != "admin" and record.owner_id != user.id):
+        raise ApiError(404, "not_found", "Model not found")
+    return record
+
+
+def _tool_error(exc: ToolError, status: int = 422) -> ApiError:
+    return ApiError(status, exc.code, exc.message, exc.details)
+
+
+def _refuse(
+    request: Request, user: User, received: ReceivedUpload | None, kind: str, err: ApiError
+) -> ApiError:
+    request.app.state.metrics.uploads.labels(kind, "refused").inc()
+    security_event(
+        "upload_refused",
+        kind=kind,
+        user_id=user.id,
+        filename=received.filename if received else None,
+        status=err.status_code,
+        reason=err.error,
+        message=err.message,
+    )
+    return err
+
+
+def _parse_architecture(raw: str | None) -> ArchitectureRef | None:
+    if raw is None or not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+        if isinstance(value, str):
+            value = {"name": value}
+        return ArchitectureRef.model_validate(value)
+    except (json.JSONDecodeError, ValidationError) as exc:
+        raise ApiError(
+            422,
+            "validation_error",
+            "Invalid request parameters",
+            'architecture must be JSON like {"name": "mlp_policy", "config": {}}',
+        ) from exc
+
+
+def _text_field(fields: dict[str, str], name: str, limit: int) -> str | None:
+    value = fields.get(name)
+    if value is None:
+        return None
+    value = value.strip()
+    if len(value) > limit:
+        raise ApiError(
+            422, "validation_error", "Invalid request parameters", f"{name}: at most {limit} characters"
+        )
+    return value or None
+
+
+@router.post(
+    "/upload",
+    response_model=UploadResponse,
+    summary="Upload a model file",
+    description="Multipart form: `file` (one of " + ", ".join(MODEL_EXTENSIONS) + "), `name`, `description`, "
+    "optional `architecture` (JSON) for state dicts. The body streams to disk; the size limit is "
+    "enforced while streaming. The content must match the extension and must not need code to load.",
+    openapi_extra=_multipart_doc(MODEL_EXTENSIONS, with_metadata=True),
+    responses=error_responses(400, 401, 413, 422),
+)
+async def upload_model(
+    request: Request, user: CurrentUser, db: DbDep, settings: SettingsDep, store: StoreDep
+) -> UploadResponse:
+    received: ReceivedUpload | None = None
+    model_dir: Path | None = None
+    try:
+        received = await receive_upload(
+            request,
+            tmp_dir=settings.uploads_dir,
+            max_file_bytes=settings.max_upload_bytes,
+            allowed_extensions=MODEL_EXTENSIONS,
+        )
+        name = _text_field(received.fields, "name", MAX_NAME) or Path(received.filename).stem
+        description = _text_field(received.fields, "description", MAX_DESCRIPTION)
+        architecture = _parse_architecture(received.fields.get("architecture"))
+        try:
+            report = await asyncio.to_thread(check_model_file, received.path, received.extension)
+            input_spec = await asyncio.to_thread(probe_input_spec, received.path, report, architecture)
+        except ToolError as exc:
+            raise _tool_error(exc) from exc
+
+        model_id = new_id()
+        model_dir = store.directory(NAMESPACE, model_id)
+        destination = model_dir / f"model{received.extension}"
+        os.replace(received.path, destination)  # same file system: an atomic rename, no copy
+        record = ModelRecord(
+            id=model_id,
+            owner_id=user.id,
+            name=name,
+            description=description,
+            format=report.format,
+            extension=received.extension,
+            original_filename=received.filename,
+            size_bytes=received.size,
+            sha256=received.sha256,
+            stored_path=str(destination.resolve()),
+            architecture=architecture.model_dump() if architecture else None,
+            input_spec=[s.model_dump() for s in input_spec] if input_spec else None,
+            format_details=report_details(report),
+        )
+        db.add(record)
+        await db.commit()
+        await db.refresh(record)
+    except ApiError as err:
+        if model_dir is not None:
+            store.remove(NAMESPACE, model_dir.name)
+        raise _refuse(request, user, received, "model", err) from None
+    except BaseException:
+        if model_dir is not None:
+            store.remove(NAMESPACE, model_dir.name)
+        raise
+    finally:
+        if received is not None:
+            received.discard()
+
+    request.app.state.metrics.uploads.labels("model", "accepted").inc()
+    request.app.state.metrics.upload_bytes.inc(record.size_bytes)
+    log.info(
+        "model %s uploaded by %s: %s, %d bytes, sha256 %s",
+        record.id,
+        user.id,
+        record.format,
+        record.size_bytes,
+        record.sha256,
+    )
+    return UploadResponse(model_id=record.id, **ModelPublic.model_validate(record).model_dump())
+
+
+@router.get(
+    "", response_model=ModelList, summary="List models, newest first", responses=error_responses(401, 422)
+)
+async def list_models(
+    user: CurrentUser,
+    db: DbDep,
+    limit: int = Query(default=20, ge=1, le=100),
+    offset: int = Query(default=0, ge=0),
+) -> ModelList:
+    count_query = select(func.count()).select_from(ModelRecord)
+    query = select(ModelRecord)
+    if user.role != "admin":
+        count_query = count_query.where(ModelRecord.owner_id == user.id)
+        query = query.where(ModelRecord.owner_id == user.id)
+    total = (await db.exec(count_query)).one()
+    rows = (
+        await db.exec(
+            query.order_by(col(ModelRecord.created_at).desc(), col(ModelRecord.id).desc())
+            .offset(offset)
+            .limit(limit)
+        )
+    ).all()
+    return ModelList(
+        items=[ModelPublic.model_validate(r) for r in rows], total=total, limit=limit, offset=offset
+    )
+
+
+@router.get(
+    "/{model_id}", response_model=ModelPublic, summary="Get a model", responses=error_responses(401, 404)
+)
+async def get_model(model_id: str, user: CurrentUser, db: DbDep) -> ModelPublic:
+    return ModelPublic.model_validate(await get_owned_model(db, model_id, user))
+
+
+@router.get(
+    "/{model_id}/download",
+    summary="Download the model file",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(401, 404)},
+)
+async def download_model(model_id: str, user: CurrentUser, db: DbDep) -> FileResponse:
+    record = await get_owned_model(db, model_id, user)
+    path = Path(record.stored_path)
+    if not path.is_file():
+        log.error("model %s: file %s is missing from the artifact store", record.id, path)
+        raise ApiError(404, "not_found", "Model file is missing from storage")
+    stem = Path(record.original_filename).stem or record.id
+    return FileResponse(
+        path,
+        media_type="application/octet-stream",
+        filename=f"{stem}{record.extension}",
+        headers={"X-Content-SHA256": record.sha256},
+    )
+
+
+@router.delete(
+    "/{model_id}",
+    response_model=DeleteResponse,
+    summary="Delete a model (file and record)",
+    responses=error_responses(401, 404, 409),
+)
+async def delete_model(model_id: str, user: CurrentUser, db: DbDep, store: StoreDep) -> DeleteResponse:
+    record = await get_owned_model(db, model_id, user)
+    if await model_in_use(db, record.id):
+        raise ApiError(409, "conflict", "Model is used by a running optimization; cancel it first")
+    await db.delete(record)
+    await db.commit()
+    await asyncio.to_thread(store.remove, NAMESPACE, record.id)
+    log.info("model %s deleted by %s", record.id, user.id)
+    return DeleteResponse(deleted=True, id=record.id)
+
+
+def _check_eval_against_model(record: ModelRecord, inputs: dict[str, Any], targets: Any) -> dict[str, Any]:
+    if not record.input_spec:
+        raise ApiError(
+            422,
+            "data_mismatch",
+            "This model has no known input signature, so evaluation data cannot be checked against it",
+            "upload state dicts with their architecture; .pb and .h5 models are stored for inspection only",
+        )
+    specs = [InputSpec.model_validate(s) for s in record.input_spec]
+    try:
+        check_inputs(specs, inputs)
+    except DataMismatchError as exc:
+        raise _tool_error(exc) from exc
+    first = next(iter(inputs.values()))
+    return {
+        "num_samples": int(first.shape[0]),
+        "inputs": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in inputs.items()},
+        "has_targets": targets is not None,
+        "targets": {"shape": list(targets.shape), "dtype": str(targets.dtype)}
+        if targets is not None
+        else None,
+    }
+
+
+@router.post(
+    "/{model_id}/evaluation-data",
+    response_model=ModelPublic,
+    summary="Attach evaluation data (.npz or .safetensors of named inputs, optional `targets`)",
+    description="Array names must match the model's inputs; the first axis indexes samples. "
+    "Without `targets`, accuracy is measured as fidelity to the original model's outputs.",
+    openapi_extra=_multipart_doc(EVAL_DATA_EXTENSIONS, with_metadata=False),
+    responses=error_responses(400, 401, 404, 413, 422),
+)
+async def attach_evaluation_data(
+    model_id: str, request: Request, user: CurrentUser, db: DbDep, settings: SettingsDep, store: StoreDep
+) -> ModelPublic:
+    record = await get_owned_model(db, model_id, user)  # before reading the body: 404 costs no upload
+    received: ReceivedUpload | None = None
+    try:
+        received = await receive_upload(
+            request,
+            tmp_dir=settings.uploads_dir,
+            max_file_bytes=settings.max_upload_bytes,
+            allowed_extensions=EVAL_DATA_EXTENSIONS,
+        )
+        try:
+            data = await asyncio.to_thread(check_eval_data, received.path, received.extension)
+        except UnsafeModelError as exc:
+            raise _tool_error(exc) from exc
+        except ToolError as exc:
+            raise _tool_error(exc) from exc
+        info = _check_eval_against_model(record, data.inputs, data.targets)
+        info |= {"filename": received.filename, "size_bytes": received.size, "sha256": received.sha256}
+        destination = store.directory(NAMESPACE, record.id) / f"eval_data{received.extension}"
+        previous = Path(record.eval_data_path) if record.eval_data_path else None
+        os.replace(received.path, destination)
+        if previous is not None and previous != destination.resolve():
+            previous.unlink(missing_ok=True)
+        record.eval_data_path = str(destination.resolve())
+        record.eval_data_info = info
+        db.add(record)
+        await db.commit()
+        await db.refresh(record)
+    except ApiError as err:
+        raise _refuse(request, user, received, "eval_data", err) from None
+    finally:
+        if received is not None:
+            received.discard()
+    request.app.state.metrics.uploads.labels("eval_data", "accepted").inc()
+    return ModelPublic.model_validate(record)

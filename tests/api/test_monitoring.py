@@ -1,0 +1,91 @@
+"""Health, monitoring and metrics endpoints."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import AuthHeaders
+
+
+async def test_health_needs_no_auth_and_reports_database(client: httpx.AsyncClient) -> None:
+    r = await client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["database"] == "ok"
+    assert body["version"]
+    assert r.headers["x-request-id"]
+
+
+async def test_health_answers_503_when_database_is_unreachable(client: httpx.AsyncClient, app) -> None:  # type: ignore[no-untyped-def]
+    await app.state.engine.dispose()
+    from state.db import create_engine_for
+
+    real = app.state.engine
+    app.state.engine = create_engine_for("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    try:
+        r = await client.get("/health")
+    finally:
+        await app.state.engine.dispose()
+        app.state.engine = real
+    assert r.status_code == 503
+    assert r.json()["error"] == "service_unavailable"
+
+
+async def test_monitoring_endpoints_need_auth(client: httpx.AsyncClient) -> None:
+    for path in (
+        "/monitoring/system",
+        "/monitoring/sessions/metrics",
+        "/monitoring/health/detailed",
+        "/metrics",
+    ):
+        r = await client.get(path)
+        assert r.status_code == 401, path
+        assert r.json()["error"] == "unauthorized"
+
+
+async def test_system_status(client: httpx.AsyncClient, admin_headers: AuthHeaders) -> None:
+    r = await client.get("/monitoring/system", headers=admin_headers)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["cpu_count"] >= 1
+    assert 0 <= body["memory_percent"] <= 100
+    assert body["disk_total_bytes"] > 0
+    assert body["model_count"] == 0 and body["model_storage_bytes"] == 0
+    assert isinstance(body["gpus"], list)
+    assert body["active_sessions"] >= 0
+
+
+async def test_session_metrics_shape(client: httpx.AsyncClient, make_user) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user("user")
+    r = await client.get("/monitoring/sessions/metrics", headers=user)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["max_concurrent_sessions"] >= 1
+    assert body["active"] <= body["total"]
+    assert sum(body["by_status"].values()) == body["total"]
+
+
+async def test_detailed_health(client: httpx.AsyncClient, admin_headers: AuthHeaders) -> None:
+    r = await client.get("/monitoring/health/detailed", headers=admin_headers)
+    assert r.status_code == 200
+    body = r.json()
+    assert set(body["components"]) == {"database", "disk", "checkpoint_store", "gpu", "llm"}
+    assert body["components"]["database"]["ok"] is True
+    llm = body["components"]["llm"]["detail"]
+    assert llm["configured"] is False and llm["api_key_set"] is False
+    assert "rules" in llm["planner"]
+
+
+async def test_prometheus_metrics_count_requests_and_logins(
+    client: httpx.AsyncClient, admin_headers: AuthHeaders
+) -> None:
+    await client.get("/health")
+    await client.post("/auth/login", json={"username": "admin", "password": "wrong"})
+    r = await client.get("/metrics", headers=admin_headers)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("text/plain")
+    text = r.text
+    assert 'robopt_http_requests_total{method="GET",route="/health",status="200"}' in text
+    assert 'robopt_logins_total{result="success"}' in text
+    assert 'robopt_logins_total{result="failed"} 1.0' in text
+    assert "robopt_http_request_duration_seconds_bucket" in text
