@@ -1,0 +1,418 @@
+"""Runs one optimization session: its graph on the checkpointer, its events, its row, its result model.
+
+`SessionRunner.run(session_id)` is what the executor calls. It starts the graph (or resumes it from
+the session's last checkpoint: thread_id = session id), feeds the nodes chat messages, cancel and
+rollback requests, keeps the session row's progress and partial results current, and at the end
+registers the selected version as a new model derived from the original.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from agents.context import GraphContext
+from agents.criteria import Criteria
+from agents.critic import Critic
+from agents.graph import build_graph, initial_state, rollback_target
+from agents.interpreter import GoalInterpreter
+from agents.llm import LLMClient
+from agents.planners.llm import LLMPlanner
+from agents.planners.rules import RulesPlanner
+from agents.report import build_report
+from agents.state import BASELINE_VERSION
+from agents.toolset import method_choices
+from agents.workspace import ModelSource, Workspace
+from state.artifacts import ArtifactStore, new_id, sha256_file
+from state.event_log import EventLog
+from state.registry import ModelRecord
+from state.sessions import TERMINAL_STATUSES, OptimizationSession, SessionMessage
+from state.settings import Settings
+from state.users import utcnow
+
+log = logging.getLogger("robopt.agents")
+
+MODELS_NAMESPACE = "models"  # where the models router keeps model files
+DOWNLOADABLE_FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+
+
+@dataclass
+class SessionControl:
+    cancel: bool = False
+    rollback_requests: list[dict[str, Any]] = field(default_factory=list)
+
+
+class RollbackError(ValueError):
+    pass
+
+
+class SessionRunner:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        store: ArtifactStore,
+        events: EventLog,
+        checkpointer: Any,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.store = store
+        self.events = events
+        self.checkpointer = checkpointer
+        self.llm = LLMClient.from_settings(settings)
+        self.controls: dict[str, SessionControl] = {}
+        self._methods: dict[str, list[str]] | None = None
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def control(self, session_id: str) -> SessionControl:
+        return self.controls.setdefault(session_id, SessionControl())
+
+    async def emit(
+        self, session_id: str, type_: str, payload: dict[str, Any], key: str | None = None
+    ) -> None:
+        await self.events.append(session_id, type_, payload, dedupe_key=key)
+
+    async def _update(self, session_id: str, **fields: Any) -> OptimizationSession | None:
+        async with self.sessionmaker() as db:
+            row = await db.get(OptimizationSession, session_id)
+            if row is None:
+                return None
+            for k, v in fields.items():
+                setattr(row, k, v)
+            row.updated_at = utcnow()
+            db.add(row)
+            await db.commit()
+            await db.refresh(row)
+            return row
+
+    def _config(self, session_id: str) -> dict[str, Any]:
+        return {"configurable": {"thread_id": session_id}, "recursion_limit": 1000}
+
+    def _context(self, row: OptimizationSession, model: ModelRecord) -> GraphContext:
+        sid = row.id
+        criteria = Criteria.model_validate(row.criteria)
+        use_llm = self.llm if row.planner == "llm" else None
+        planner = LLMPlanner(use_llm, RulesPlanner()) if use_llm is not None else RulesPlanner()
+        if self._methods is None:
+            self._methods = method_choices()
+        control = self.control(sid)
+
+        async def emit(type_: str, payload: dict[str, Any], key: str | None) -> None:
+            await self.emit(sid, type_, payload, key)
+
+        async def take_messages() -> list[str]:
+            async with self.sessionmaker() as db:
+                rows = (
+                    await db.exec(
+                        select(SessionMessage)
+                        .where(
+                            SessionMessage.session_id == sid,
+                            SessionMessage.role == "user",
+                            SessionMessage.consumed == False,  # noqa: E712
+                        )
+                        .order_by(SessionMessage.id)
+                    )
+                ).all()
+                for r in rows:
+                    r.consumed = True
+                    db.add(r)
+                await db.commit()
+                return [r.content for r in rows]
+
+        async def reply(text: str) -> None:
+            async with self.sessionmaker() as db:
+                db.add(SessionMessage(session_id=sid, role="assistant", content=text, consumed=True))
+                await db.commit()
+            await self.emit(sid, "message", {"role": "assistant", "content": text})
+
+        async def on_progress(state: dict[str, Any]) -> None:
+            from agents.graph import _progress
+
+            progress = _progress(state, "")
+            await self._update(
+                sid,
+                progress_percentage=progress["percentage"],
+                trials_done=progress["trials_done"],
+                best=progress["best"],
+                current_step=f"trial {progress['trials_done']} evaluated",
+                selected_version=state.get("current_version"),
+                results=build_report(state),
+            )
+
+        source = ModelSource(
+            path=Path(model.stored_path),
+            architecture=model.architecture,
+            eval_data=Path(model.eval_data_path) if model.eval_data_path else None,
+            name=model.name,
+            description=model.description or "",
+        )
+        workspace = Workspace(
+            source=source,
+            artifacts_dir=self.store.root / sid,
+            device=criteria.resolved_device(),
+        )
+        return GraphContext(
+            workspace=workspace,
+            planner=planner,
+            fallback_planner=RulesPlanner(),
+            critic=Critic(use_llm),
+            interpreter=GoalInterpreter(use_llm),
+            emit=emit,
+            take_messages=take_messages,
+            reply=reply,
+            on_progress=on_progress,
+            cancelled=lambda: control.cancel,
+            rollback_requests=control.rollback_requests,
+            method_choices=self._methods,
+        )
+
+    async def _load(self, session_id: str) -> tuple[OptimizationSession, ModelRecord | None] | None:
+        async with self.sessionmaker() as db:
+            row = await db.get(OptimizationSession, session_id)
+            if row is None:
+                return None
+            model = await db.get(ModelRecord, row.model_id)
+            return row, model
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self, session_id: str) -> None:
+        loaded = await self._load(session_id)
+        if loaded is None:
+            return
+        row, model = loaded
+        if row.status in TERMINAL_STATUSES:
+            return
+        control = self.control(session_id)
+        control.cancel = control.cancel or row.cancel_requested
+        if model is None:
+            await self._fail(session_id, "the model of this session no longer exists")
+            return
+        ctx = self._context(row, model)
+        graph = build_graph(ctx, checkpointer=self.checkpointer)
+        config = self._config(session_id)
+        snapshot = await graph.aget_state(config)
+        resuming = bool(snapshot.values)
+        attempt = row.attempts + 1
+        row = (
+            await self._update(
+                session_id,
+                status="running",
+                attempts=attempt,
+                started_at=row.started_at or utcnow(),
+                current_step="resuming" if resuming else "starting",
+            )
+            or row
+        )
+        await self.emit(
+            session_id,
+            "status",
+            {"status": "running", "attempt": attempt, "resumed": resuming, "next": list(snapshot.next or ())},
+            f"status.running.{attempt}",
+        )
+        try:
+            if resuming and not snapshot.next:
+                final = snapshot.values  # the graph finished; only the wrap-up was missing
+            else:
+                if resuming:
+                    inputs: Any = None
+                else:
+                    criteria = Criteria.model_validate(row.criteria)
+                    inputs = initial_state(
+                        session_id,
+                        criteria,
+                        set(row.criteria_explicit),
+                        {
+                            "name": model.name,
+                            "description": model.description or "",
+                            "model_id": model.id,
+                            "runtime": "onnx" if model.format == "onnx" else "torch",
+                        },
+                        criteria.resolved_device(),
+                    )
+                final = await graph.ainvoke(inputs, config, durability="sync")
+        except asyncio.CancelledError:
+            log.info("session %s interrupted; it resumes from its checkpoint at the next start", session_id)
+            raise
+        except Exception as err:
+            log.exception("session %s failed", session_id)
+            state = (await graph.aget_state(config)).values
+            await self._fail(session_id, f"{type(err).__name__}: {err}", state)
+            return
+        await self._finish(session_id, final)
+
+    async def _fail(self, session_id: str, message: str, state: dict[str, Any] | None = None) -> None:
+        results = build_report(state) if state and state.get("criteria") else None
+        await self._update(
+            session_id,
+            status="failed",
+            error=message[:4000],
+            finished_at=utcnow(),
+            results=results,
+            current_step="failed",
+        )
+        await self.emit(session_id, "error", {"stage": "session", "message": message[:2000], "fatal": True})
+        await self.emit(session_id, "status", {"status": "failed"})
+        await self.emit(session_id, "end", {"status": "failed"})
+        self.controls.pop(session_id, None)
+
+    async def _finish(self, session_id: str, state: dict[str, Any]) -> None:
+        report = state.get("report") or build_report(state)
+        status = "cancelled" if state.get("finish_reason") == "cancelled" else "completed"
+        report = await self._publish_selected(session_id, state, report)
+        await self._update(
+            session_id,
+            status=status,
+            progress_percentage=100.0 if status == "completed" else _pct(state),
+            current_step=status,
+            finished_at=utcnow(),
+            results=report,
+            selected_version=state.get("current_version"),
+            trials_done=len(state.get("trials", [])),
+        )
+        await self.emit(
+            session_id,
+            "result",
+            {
+                "optimization_summary": report["optimization_summary"],
+                "performance_improvements": report.get("performance_improvements"),
+                "selected_version": report.get("selected_version"),
+            },
+            "result",
+        )
+        await self.emit(session_id, "status", {"status": status}, f"status.{status}")
+        await self.emit(session_id, "end", {"status": status}, "end")
+        self.controls.pop(session_id, None)
+
+    async def _publish_selected(
+        self, session_id: str, state: dict[str, Any], report: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Register the selected version as a model derived from the original (once per version)."""
+        vid = state.get("current_version") or BASELINE_VERSION
+        selected = dict(report.get("selected_version") or {})
+        async with self.sessionmaker() as db:
+            row = await db.get(OptimizationSession, session_id)
+            assert row is not None
+            original = await db.get(ModelRecord, row.model_id)
+            registered = dict(row.registered_versions or {})
+            model_id: str | None
+            if vid == BASELINE_VERSION:
+                model_id = row.model_id
+            elif vid in registered and await db.get(ModelRecord, registered[vid]) is not None:
+                model_id = registered[vid]
+            else:
+                version = state["versions"][vid]
+                path, fmt = version.get("artifact_path"), version.get("artifact_format")
+                model_id = None
+                if original is not None and path and fmt in DOWNLOADABLE_FORMATS and Path(path).exists():
+                    model_id = new_id()
+                    ext = DOWNLOADABLE_FORMATS[fmt]
+                    stored = await asyncio.to_thread(
+                        self.store.put_file, Path(path), MODELS_NAMESPACE, model_id, f"model{ext}"
+                    )
+                    eval_path = None
+                    if original.eval_data_path and Path(original.eval_data_path).exists():
+                        src = Path(original.eval_data_path)
+                        eval_path = str(stored.parent / f"eval_data{src.suffix}")
+                        await asyncio.to_thread(shutil.copyfile, src, eval_path)
+                    digest = await asyncio.to_thread(sha256_file, stored)
+                    record = ModelRecord(
+                        id=model_id,
+                        owner_id=original.owner_id if row.owner_id is None else row.owner_id,
+                        name=f"{original.name} (optimized, session {session_id[:8]}, {vid})"[:200],
+                        description=f"Optimized by session {session_id}: "
+                        + "; ".join(
+                            f"{c['tool']}({c.get('arguments', {})})" for c in version.get("recipe", [])
+                        )[:1800],
+                        format=fmt,
+                        extension=ext,
+                        original_filename=f"{original.name}-{vid}{ext}"[:255],
+                        size_bytes=stored.stat().st_size,
+                        sha256=digest,
+                        stored_path=str(stored.resolve()),
+                        input_spec=original.input_spec,
+                        eval_data_path=eval_path,
+                        eval_data_info=original.eval_data_info if eval_path else None,
+                        parent_model_id=original.id,
+                        source_session_id=session_id,
+                    )
+                    db.add(record)
+                    registered[vid] = model_id
+                    row.registered_versions = registered
+                    db.add(row)
+            row.result_model_id = model_id
+            db.add(row)
+            await db.commit()
+        selected["model_id"] = model_id
+        selected["download_url"] = f"/models/{model_id}/download" if model_id else None
+        if model_id is None:
+            selected["note"] = (
+                "this version could not be exported to TorchScript or ONNX; rebuild it from the recipe"
+            )
+        return {**report, "selected_version": selected}
+
+    # -- control from the API ----------------------------------------------------------------
+
+    async def request_cancel(self, session_id: str) -> None:
+        self.control(session_id).cancel = True
+
+    async def rollback(self, session_id: str, request: dict[str, Any], *, running: bool) -> dict[str, Any]:
+        """Move the selected version back (running: at the next planning step). Raises RollbackError."""
+        loaded = await self._load(session_id)
+        if loaded is None or loaded[1] is None:
+            raise RollbackError("the session or its model no longer exists")
+        row, model = loaded
+        graph = build_graph(self._context(row, model), checkpointer=self.checkpointer)
+        config = self._config(session_id)
+        snapshot = await graph.aget_state(config)
+        state = dict(snapshot.values or {})
+        if not state.get("versions"):
+            raise RollbackError("the session has no measured versions yet")
+        try:
+            target, chain = rollback_target(state, request)  # type: ignore[arg-type]
+        except ValueError as err:
+            raise RollbackError(str(err)) from err
+        if running:
+            self.control(session_id).rollback_requests.append(request)
+            return {"applied": False, "pending": True, "target_version": target}
+        previous = state.get("current_version")
+        new_state = {**state, "current_version": target, "accepted_chain": chain}
+        report = build_report(new_state)
+        await graph.aupdate_state(
+            config, {"current_version": target, "accepted_chain": chain, "report": report}, as_node="report"
+        )
+        report = await self._publish_selected(session_id, new_state, report)
+        await self._update(session_id, results=report, selected_version=target)
+        await self.emit(
+            session_id,
+            "rollback",
+            {"automatic": False, "from_version": previous, "current_version": target, "requested": request},
+        )
+        await self.emit(
+            session_id,
+            "result",
+            {
+                "optimization_summary": report["optimization_summary"],
+                "performance_improvements": report.get("performance_improvements"),
+                "selected_version": report.get("selected_version"),
+            },
+        )
+        await self.emit(session_id, "end", {"status": row.status})
+        return {"applied": True, "pending": False, "target_version": target, "previous_version": previous}
+
+
+def _pct(state: dict[str, Any]) -> float:
+    criteria = Criteria.model_validate(state["criteria"]) if state.get("criteria") else None
+    total = (criteria.max_trials if criteria else None) or 12
+    return round(min(95.0, 10.0 + 85.0 * len(state.get("trials", [])) / total), 1)

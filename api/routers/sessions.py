@@ -1,0 +1,361 @@
+"""Optimization sessions: start, list, status, cancel, rollback, results, live events, chat.
+
+Owner-scoped like models: another user's session answers 404 (administrators see all).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy import func
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from sse_starlette import EventSourceResponse
+
+from agents.runner import RollbackError
+from api.deps import CurrentUser, DbDep, SettingsDep
+from api.errors import ApiError, error_responses
+from api.routers.models import get_owned_model
+from api.schemas.sessions import (
+    CancelResponse,
+    MessageIn,
+    MessageList,
+    MessageOut,
+    OptimizeRequest,
+    OptimizeResponse,
+    RollbackRequest,
+    RollbackResponse,
+    SessionList,
+    SessionResults,
+    SessionStatus,
+    SessionStatusName,
+    SessionSummary,
+)
+from api.sse import session_events
+from state.sessions import TERMINAL_STATUSES, OptimizationSession, SessionMessage
+from state.users import User, utcnow
+
+router = APIRouter(tags=["optimization"])
+
+
+async def get_owned_session(db: AsyncSession, session_id: str, user: User) -> OptimizationSession:
+    row = await db.get(OptimizationSession, session_id)
+    if row is None or (user.role != "admin" and row.owner_id != user.id):
+        raise ApiError(404, "not_found", "Session not found")
+    return row
+
+
+def _runtime(request: Request) -> tuple[Any, Any, Any]:
+    state = request.app.state
+    if not hasattr(state, "runner"):
+        raise ApiError(503, "service_unavailable", "The optimization runtime is not running")
+    return state.runner, state.executor, state.events
+
+
+@router.post(
+    "/optimize",
+    response_model=OptimizeResponse,
+    summary="Start an optimization session",
+    responses=error_responses(401, 404, 422, 503),
+)
+async def optimize(
+    body: OptimizeRequest, request: Request, user: CurrentUser, db: DbDep, settings: SettingsDep
+):
+    runner, executor, events = _runtime(request)
+    model = await get_owned_model(db, body.model_id, user)
+    if model.format not in ("onnx", "torchscript", "pt2", "state_dict", "safetensors"):
+        raise ApiError(
+            422,
+            "unsupported_format",
+            f"Models in the '{model.format}' format cannot be optimized",
+            "convert the model to ONNX (tf2onnx for TensorFlow/Keras) and upload that",
+        )
+    if model.format in ("state_dict", "safetensors") and not model.architecture:
+        raise ApiError(
+            422, "validation_error", "This weights file has no architecture", "upload it with an architecture"
+        )
+    criteria = body.criteria()
+    if criteria.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ApiError(
+                422, "unsupported_device", "device 'cuda' was requested but this server has no GPU"
+            )
+    if body.planner == "llm" and not settings.llm_configured:
+        raise ApiError(422, "validation_error", "planner 'llm' needs LLM_MODEL configured on the server")
+    planner = (
+        "llm" if body.planner == "llm" or (body.planner == "auto" and settings.llm_configured) else "rules"
+    )
+    row = OptimizationSession(
+        owner_id=user.id,
+        model_id=model.id,
+        planner=planner,
+        criteria=criteria.resolved(
+            default_max_trials=settings.default_max_trials,
+            default_time_budget_s=settings.default_time_budget_s,
+        ).model_dump(mode="json"),
+        criteria_explicit=body.explicit_fields(),
+    )
+    db.add(row)
+    await db.commit()
+    await db.refresh(row)
+    await events.append(row.id, "status", {"status": "queued", "model_id": model.id, "planner": planner})
+    executor.submit(row.id)
+    return OptimizeResponse(
+        session_id=row.id,
+        status="queued",
+        model_id=model.id,
+        planner=planner,
+        criteria=row.criteria,
+        created_at=row.created_at,
+        events_url=f"/sessions/{row.id}/events",
+        status_url=f"/sessions/{row.id}/status",
+    )
+
+
+@router.get(
+    "/sessions",
+    response_model=SessionList,
+    summary="List sessions, newest first",
+    responses=error_responses(401, 422),
+)
+async def list_sessions(
+    user: CurrentUser,
+    db: DbDep,
+    status: SessionStatusName | None = Query(default=None, description="Only sessions with this status."),
+    limit: int = Query(default=20, ge=1, le=100),
+    offset: int = Query(default=0, ge=0),
+) -> SessionList:
+    count_query = select(func.count()).select_from(OptimizationSession)
+    query = select(OptimizationSession)
+    if user.role != "admin":
+        count_query = count_query.where(OptimizationSession.owner_id == user.id)
+        query = query.where(OptimizationSession.owner_id == user.id)
+    if status is not None:
+        count_query = count_query.where(OptimizationSession.status == status)
+        query = query.where(OptimizationSession.status == status)
+    total = (await db.exec(count_query)).one()
+    rows = (
+        await db.exec(
+            query.order_by(col(OptimizationSession.created_at).desc(), col(OptimizationSession.id).desc())
+            .offset(offset)
+            .limit(limit)
+        )
+    ).all()
+    return SessionList(
+        items=[
+            SessionSummary(
+                session_id=r.id,
+                model_id=r.model_id,
+                status=r.status,  # type: ignore[arg-type]
+                progress_percentage=r.progress_percentage,
+                trials_done=r.trials_done,
+                planner=r.planner,
+                criteria_name=(r.criteria or {}).get("criteria_name"),
+                created_at=r.created_at,
+                finished_at=r.finished_at,
+            )
+            for r in rows
+        ],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/status",
+    response_model=SessionStatus,
+    summary="Session status",
+    responses=error_responses(401, 404),
+)
+async def session_status(session_id: str, user: CurrentUser, db: DbDep) -> SessionStatus:
+    row = await get_owned_session(db, session_id, user)
+    return SessionStatus(
+        session_id=row.id,
+        status=row.status,  # type: ignore[arg-type]
+        progress_percentage=row.progress_percentage,
+        current_step=row.current_step,
+        trials_done=row.trials_done,
+        max_trials=(row.criteria or {}).get("max_trials"),
+        best_so_far=row.best,  # type: ignore[arg-type]
+        model_id=row.model_id,
+        planner=row.planner,
+        selected_version=row.selected_version,
+        result_model_id=row.result_model_id,
+        error=row.error,
+        cancel_requested=row.cancel_requested,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        updated_at=row.updated_at,
+    )
+
+
+@router.post(
+    "/sessions/{session_id}/cancel",
+    response_model=CancelResponse,
+    summary="Cancel a session",
+    responses=error_responses(401, 404, 409),
+)
+async def cancel_session(session_id: str, request: Request, user: CurrentUser, db: DbDep) -> CancelResponse:
+    runner, executor, events = _runtime(request)
+    row = await get_owned_session(db, session_id, user)
+    if row.status in TERMINAL_STATUSES:
+        raise ApiError(409, "conflict", f"The session is already {row.status}")
+    row.cancel_requested = True
+    row.updated_at = utcnow()
+    if row.status == "queued" and not executor.is_running(row.id):
+        row.status = "cancelled"
+        row.finished_at = utcnow()
+        row.current_step = "cancelled"
+    db.add(row)
+    await db.commit()
+    await runner.request_cancel(row.id)
+    if row.status == "cancelled":
+        await events.append(row.id, "status", {"status": "cancelled"})
+        await events.append(row.id, "end", {"status": "cancelled"})
+        return CancelResponse(session_id=row.id, status="cancelled", message="Cancelled before it started")
+    await events.append(row.id, "status", {"status": row.status, "cancel_requested": True})
+    return CancelResponse(
+        session_id=row.id,
+        status=row.status,  # type: ignore[arg-type]
+        message="Cancellation requested: the session stops at its next safe point, keeping partial results",
+    )
+
+
+@router.post(
+    "/sessions/{session_id}/rollback",
+    response_model=RollbackResponse,
+    summary="Roll back to the previous accepted version, or to a trial's candidate",
+    responses=error_responses(401, 404, 409, 422),
+)
+async def rollback_session(
+    session_id: str, request: Request, user: CurrentUser, db: DbDep, body: RollbackRequest | None = None
+) -> RollbackResponse:
+    runner, executor, _events = _runtime(request)
+    row = await get_owned_session(db, session_id, user)
+    if row.status == "queued":
+        raise ApiError(409, "conflict", "The session has not started: nothing to roll back")
+    body = body or RollbackRequest()
+    wanted = body.model_dump(exclude_none=True)
+    running = row.status == "running" and executor.is_running(row.id)
+    try:
+        out = await runner.rollback(row.id, wanted, running=running)
+    except RollbackError as err:
+        raise ApiError(422, "rollback_impossible", str(err)) from err
+    await db.refresh(row)
+    return RollbackResponse(
+        session_id=row.id,
+        applied=out["applied"],
+        target_version=out["target_version"],
+        previous_version=out.get("previous_version"),
+        status=row.status,  # type: ignore[arg-type]
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/results",
+    response_model=SessionResults,
+    summary="Optimization results",
+    responses=error_responses(401, 404, 409),
+)
+async def session_results(session_id: str, user: CurrentUser, db: DbDep) -> SessionResults:
+    row = await get_owned_session(db, session_id, user)
+    if not row.results:
+        raise ApiError(
+            409,
+            "not_ready",
+            f"No results yet: the session is {row.status}",
+            "poll /sessions/{id}/status or follow /sessions/{id}/events",
+        )
+    r = row.results
+    return SessionResults(
+        session_id=row.id,
+        status=row.status,  # type: ignore[arg-type]
+        optimization_summary=r.get("optimization_summary") or {},
+        performance_improvements=r.get("performance_improvements"),
+        trials=r.get("trials") or [],
+        pareto_set=r.get("pareto_set") or [],
+        selected_version=r.get("selected_version"),
+        recipe=r.get("recipe") or [],
+        baseline=r.get("baseline"),
+        selected=r.get("selected"),
+        partial=row.status != "completed",
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/events",
+    summary="Live events (server-sent events)",
+    responses={
+        **error_responses(401, 404),
+        200: {"content": {"text/event-stream": {}}, "description": "The event stream."},
+    },
+)
+async def session_events_stream(
+    session_id: str,
+    request: Request,
+    user: CurrentUser,
+    db: DbDep,
+    settings: SettingsDep,
+    last_event_id: str | None = Header(default=None, alias="Last-Event-ID"),
+    after: int | None = Query(
+        default=None, ge=0, description="Replay events after this seq (like Last-Event-ID)."
+    ),
+) -> EventSourceResponse:
+    _runner, _executor, events = _runtime(request)
+    row = await get_owned_session(db, session_id, user)
+    start = after or 0
+    if last_event_id:
+        try:
+            start = max(start, int(last_event_id))
+        except ValueError as err:
+            raise ApiError(422, "validation_error", "Last-Event-ID must be an integer event id") from err
+    return EventSourceResponse(
+        session_events(events, request.app.state.sessionmaker, row.id, start),
+        ping=settings.sse_ping_s,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/messages",
+    response_model=MessageList,
+    summary="The conversation",
+    responses=error_responses(401, 404),
+)
+async def list_messages(session_id: str, user: CurrentUser, db: DbDep) -> MessageList:
+    row = await get_owned_session(db, session_id, user)
+    rows = (
+        await db.exec(
+            select(SessionMessage).where(SessionMessage.session_id == row.id).order_by(SessionMessage.id)
+        )
+    ).all()
+    return MessageList(session_id=row.id, items=[MessageOut.model_validate(m) for m in rows])
+
+
+@router.post(
+    "/sessions/{session_id}/messages",
+    response_model=MessageOut,
+    status_code=201,
+    summary="Tell the agent something (taken into account at its next step)",
+    responses=error_responses(401, 404, 409, 422),
+)
+async def post_message(
+    session_id: str, body: MessageIn, request: Request, user: CurrentUser, db: DbDep
+) -> MessageOut:
+    _runner, _executor, events = _runtime(request)
+    row = await get_owned_session(db, session_id, user)
+    if row.status in TERMINAL_STATUSES:
+        raise ApiError(409, "conflict", f"The session is already {row.status}; start a new one")
+    message = SessionMessage(session_id=row.id, role="user", content=body.content)
+    db.add(message)
+    await db.commit()
+    await db.refresh(message)
+    await events.append(
+        row.id, "message", {"role": "user", "content": body.content, "message_id": message.id}
+    )
+    return MessageOut.model_validate(message)

@@ -1,0 +1,128 @@
+"""The session event log: append with a monotonic `seq` per session, fan out to live subscribers.
+
+Appends are serialized per session by an in-process lock (one runner per session at a time) and
+protected by the (session_id, seq) unique constraint. Subscribers get every appended event on an
+asyncio queue; a subscriber that falls behind by more than its queue holds is told to re-read the
+database (the SSE endpoint replays from the log by seq anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from state.sessions import SessionEvent
+
+QUEUE_SIZE = 1000
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    session_id: str
+    seq: int
+    type: str
+    payload: dict[str, Any]
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "type": self.type,
+            "payload": self.payload,
+            "created_at": self.created_at.isoformat(),
+        }
+
+
+OVERFLOW = object()  # put on a subscriber's queue when it overflowed: re-read from the database
+
+
+class EventLog:
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+        self._sessionmaker = sessionmaker
+        self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._subscribers: dict[str, set[asyncio.Queue[Any]]] = defaultdict(set)
+
+    async def append(
+        self, session_id: str, type_: str, payload: dict[str, Any], *, dedupe_key: str | None = None
+    ) -> EventRecord | None:
+        """Persist one event and publish it; None when `dedupe_key` was already written."""
+        async with self._locks[session_id]:
+            async with self._sessionmaker() as db:
+                if dedupe_key is not None:
+                    seen = (
+                        await db.exec(
+                            select(SessionEvent.seq).where(
+                                SessionEvent.session_id == session_id, SessionEvent.dedupe_key == dedupe_key
+                            )
+                        )
+                    ).first()
+                    if seen is not None:
+                        return None
+                last = (
+                    await db.exec(
+                        select(func.max(SessionEvent.seq)).where(SessionEvent.session_id == session_id)
+                    )
+                ).one()
+                row = SessionEvent(
+                    session_id=session_id,
+                    seq=int(last or 0) + 1,
+                    type=type_,
+                    payload=payload,
+                    dedupe_key=dedupe_key,
+                )
+                db.add(row)
+                await db.commit()
+                record = EventRecord(session_id, row.seq, row.type, row.payload, row.created_at)
+        self._publish(record)
+        return record
+
+    def _publish(self, record: EventRecord) -> None:
+        for queue in list(self._subscribers.get(record.session_id, ())):
+            try:
+                queue.put_nowait(record)
+            except asyncio.QueueFull:
+                while not queue.empty():
+                    queue.get_nowait()
+                queue.put_nowait(OVERFLOW)
+
+    @asynccontextmanager
+    async def subscribe(self, session_id: str) -> AsyncIterator[asyncio.Queue[Any]]:
+        queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_SIZE)
+        self._subscribers[session_id].add(queue)
+        try:
+            yield queue
+        finally:
+            self._subscribers[session_id].discard(queue)
+            if not self._subscribers[session_id]:
+                self._subscribers.pop(session_id, None)
+
+    async def read(self, session_id: str, after: int = 0, limit: int = 500) -> list[EventRecord]:
+        async with self._sessionmaker() as db:
+            rows = (
+                await db.exec(
+                    select(SessionEvent)
+                    .where(SessionEvent.session_id == session_id, SessionEvent.seq > after)
+                    .order_by(SessionEvent.seq)
+                    .limit(limit)
+                )
+            ).all()
+        return [EventRecord(r.session_id, r.seq, r.type, r.payload, r.created_at) for r in rows]
+
+    async def count(self, session_id: str, type_: str | None = None) -> int:
+        async with self._sessionmaker() as db:
+            query = (
+                select(func.count()).select_from(SessionEvent).where(SessionEvent.session_id == session_id)
+            )
+            if type_ is not None:
+                query = query.where(SessionEvent.type == type_)
+            return int((await db.exec(query)).one())
