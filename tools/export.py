@@ -1,0 +1,255 @@
+"""`export`: write a handle as ONNX, TorchScript, torch.export (.pt2) or safetensors; and its size.
+
+Every exported file loads back with `tools.loading.load_model` (safetensors with the handle's
+architecture) and gives the same outputs up to the format's precision. `serialized_size` is the
+"size on disk" every tool reports: the bytes of the handle in its natural format.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from tools.errors import InvalidArgumentError, UnsupportedFormatError
+from tools.handle import ModelHandle
+from tools.runtime import synthesize_inputs, to_tensors
+
+ExportFormat = Literal["onnx", "torchscript", "pt2", "safetensors"]
+EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2", "safetensors")
+ONNX_OPSET = 17
+# A single-file ONNX model is one protobuf message, which protobuf caps at 2 GiB.
+_PROTOBUF_LIMIT = 2**31 - 1
+
+
+def export(handle: ModelHandle, fmt: str, path: Path | str) -> Path:
+    """Write `handle` to `path` in `fmt`; returns the path. The handle is not modified."""
+    path = Path(path)
+    if fmt not in EXPORT_FORMATS:
+        raise InvalidArgumentError(
+            f"unknown export format '{fmt}'; choose one of {', '.join(EXPORT_FORMATS)}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "onnx":
+        import onnx
+
+        model = to_onnx_model(handle)
+        if model.ByteSize() > _PROTOBUF_LIMIT:
+            raise UnsupportedFormatError(
+                "the model is over 2 GiB, more than a single-file ONNX model can hold (no external data)"
+            )
+        onnx.save_model(model, str(path))
+    elif fmt == "torchscript":
+        _export_torchscript(handle, path)
+    elif fmt == "pt2":
+        _export_pt2(handle, path)
+    else:
+        _export_safetensors(handle, path)
+    return path
+
+
+def serialized_size(handle: ModelHandle) -> int:
+    """Bytes of the model in its natural format: ONNX protobuf, or torch.save of the state dict."""
+    if handle.runtime == "onnx":
+        return int(handle.model.ByteSize())
+    import torch
+
+    buffer = io.BytesIO()
+    if isinstance(handle.model, torch.jit.ScriptModule):
+        torch.jit.save(handle.model, buffer)
+    else:
+        torch.save(handle.model.state_dict(), buffer)
+    return buffer.tell()
+
+
+def example_inputs(handle: ModelHandle, batch_size: int = 2) -> dict[str, np.ndarray]:
+    """Inputs to trace or export with: the evaluation data's first samples, else synthesized ones."""
+    from tools.loading import require_inputs
+
+    specs = require_inputs(handle)
+    data = handle.eval_data
+    if data is not None and data.num_samples >= 1 and set(data.inputs) == {s.name for s in specs}:
+        n = min(batch_size, data.num_samples)
+        return {k: np.ascontiguousarray(v[:n]) for k, v in data.inputs.items()}
+    return synthesize_inputs(specs, batch_size=batch_size, seed=0)
+
+
+def to_onnx_model(handle: ModelHandle) -> Any:
+    """The handle as an `onnx.ModelProto` (a copy for ONNX handles; an export for torch ones)."""
+    import onnx
+
+    if handle.runtime == "onnx":
+        copy = onnx.ModelProto()
+        copy.CopyFrom(handle.model)
+        return copy
+    _refuse_quantized(handle, "ONNX")
+    import torch
+
+    args = tuple(to_tensors(handle, example_inputs(handle)))
+    names = [s.name for s in handle.inputs]
+    dynamic_axes: dict[str, dict[int, str]] = {
+        s.name: {i: ("batch" if i == 0 else f"{s.name}_dim{i}") for i, d in enumerate(s.shape) if d is None}
+        for s in handle.inputs
+    }
+    dynamic_axes = {k: v for k, v in dynamic_axes.items() if v}
+    batch_dynamic = any(s.shape and s.shape[0] is None for s in handle.inputs)
+    if batch_dynamic:
+        dynamic_axes["output"] = {0: "batch"}
+    model = handle.model
+    if hasattr(model, "eval"):
+        model.eval()
+    errors = []
+    # The TorchScript-based exporter first: it handles dynamic batch axes of plain modules robustly.
+    try:
+        buffer = io.BytesIO()
+        torch.onnx.export(
+            model,
+            args,
+            buffer,
+            input_names=names,
+            output_names=["output"],
+            dynamic_axes=dynamic_axes or None,
+            opset_version=ONNX_OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+        return onnx.load_from_string(buffer.getvalue())
+    except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter below
+        errors.append(f"torchscript exporter: {exc}")
+    try:
+        dynamic_shapes = tuple(
+            {i: torch.export.Dim.AUTO for i, d in enumerate(s.shape) if d is None} or None
+            for s in handle.inputs
+        )
+        program = torch.onnx.export(
+            model,
+            args,
+            input_names=names,
+            output_names=["output"],
+            dynamic_shapes=dynamic_shapes,
+            dynamo=True,
+        )
+        return program.model_proto
+    except Exception as exc:  # noqa: BLE001
+        errors.append(f"dynamo exporter: {exc}")
+    raise UnsupportedFormatError(
+        "the model could not be exported to ONNX", details=" | ".join(e[:500] for e in errors)
+    )
+
+
+def _quantization_backend(handle: ModelHandle) -> str | None:
+    """The library that quantized this torch model, if its weights are no longer plain float tensors."""
+    import torch
+
+    for step in handle.recipe:
+        if step.get("tool") == "quantize" and step.get("backend") in ("torch.ao", "torchao", "bitsandbytes"):
+            return str(step["backend"])
+    if isinstance(handle.model, torch.nn.Module):
+        for module in handle.model.modules():
+            if type(module).__module__.startswith(("torch.ao.nn.quantized", "bitsandbytes")):
+                return type(module).__module__.split(".")[0]
+        if any(type(p.data) is not torch.Tensor for p in handle.model.parameters()):
+            return "torchao"  # tensor subclasses (Int8Tensor, Int4TilePackedTo4dTensor, ...)
+    return None
+
+
+def _refuse_quantized(handle: ModelHandle, target: str) -> None:
+    backend = _quantization_backend(handle)
+    if backend is not None:
+        raise UnsupportedFormatError(
+            f"a model quantized with {backend} cannot be exported to {target}; export the float model to "
+            "ONNX and quantize the ONNX model (dynamic_int8 or static_int8) instead",
+        )
+
+
+def _meta_json(handle: ModelHandle) -> str:
+    return json.dumps(
+        {
+            "inputs": [s.model_dump() for s in handle.inputs],
+            "architecture": handle.architecture.model_dump() if handle.architecture else None,
+            "recipe": handle.recipe,
+        },
+        default=str,
+    )
+
+
+def _require_torch(handle: ModelHandle, fmt: str) -> None:
+    if handle.runtime != "torch":
+        raise UnsupportedFormatError(
+            f"an ONNX model cannot be exported to {fmt}; it can only be exported as onnx",
+        )
+
+
+def _export_torchscript(handle: ModelHandle, path: Path) -> None:
+    import torch
+
+    from tools.loading import TORCHSCRIPT_META
+
+    _require_torch(handle, "torchscript")
+    extra = {TORCHSCRIPT_META: _meta_json(handle)}
+    model = handle.model
+    if isinstance(model, torch.jit.ScriptModule):
+        torch.jit.save(model, str(path), _extra_files=extra)
+        return
+    if _quantization_backend(handle) in ("torchao", "bitsandbytes"):
+        _refuse_quantized(handle, "TorchScript")
+    args = tuple(to_tensors(handle, example_inputs(handle)))
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(model, args, check_trace=False)
+    except Exception as exc:
+        raise UnsupportedFormatError(
+            "the model could not be traced to TorchScript", details=str(exc)
+        ) from exc
+    torch.jit.save(traced, str(path), _extra_files=extra)
+
+
+def _export_pt2(handle: ModelHandle, path: Path) -> None:
+    import torch
+
+    _require_torch(handle, "pt2")
+    if isinstance(handle.model, torch.jit.ScriptModule):
+        raise UnsupportedFormatError("a TorchScript model cannot be exported with torch.export; use onnx")
+    if _quantization_backend(handle) == "bitsandbytes":
+        _refuse_quantized(handle, "pt2")
+    args = tuple(to_tensors(handle, example_inputs(handle)))
+    dynamic_shapes = tuple(
+        {i: torch.export.Dim.AUTO for i, d in enumerate(s.shape) if d is None} or None for s in handle.inputs
+    )
+    try:
+        program = torch.export.export(handle.model, args, dynamic_shapes=dynamic_shapes)
+        torch.export.save(program, str(path))
+    except Exception as exc:
+        raise UnsupportedFormatError(
+            "the model could not be exported with torch.export", details=str(exc)
+        ) from exc
+
+
+def _export_safetensors(handle: ModelHandle, path: Path) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    _require_torch(handle, "safetensors")
+    if isinstance(handle.model, torch.jit.ScriptModule):
+        state = handle.model.state_dict()
+    else:
+        backend = _quantization_backend(handle)
+        if backend is not None:
+            raise UnsupportedFormatError(
+                f"safetensors stores plain tensors only; {backend}-quantized weights cannot be saved in it "
+                "(export as pt2/torchscript, or save the float model)",
+            )
+        state = handle.model.state_dict()
+    tensors = {}
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor) or type(value) not in (torch.Tensor, torch.nn.Parameter):
+            raise UnsupportedFormatError(
+                f"'{name}' is not a plain tensor and cannot be stored in safetensors"
+            )
+        # clone: safetensors refuses tensors that share storage (tied weights)
+        tensors[name] = value.detach().to("cpu").contiguous().clone()
+    metadata = {"format": "pt", "robopt": _meta_json(handle)}
+    save_file(tensors, str(path), metadata=metadata)
