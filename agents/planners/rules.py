@@ -173,14 +173,14 @@ def _quant_call(t: TrialRecord) -> ToolCall | None:
 
 def _sensitivity_order(facts: ProfileFacts, skip: list[str]) -> list[str]:
     """Layers most likely to cost accuracy when compressed: output head, input layer, then the smallest."""
-    layers = [n for n in facts.quantizable if not any(fnmatch.fnmatch(n, p) for p in skip)]
+    layers = list(facts.quantizable) or list(facts.prunable)
     if not layers:
         return []
     order = [layers[-1]]
     if len(layers) > 1:
         order.append(layers[0])
-    rest = sorted(layers[1:-1], key=lambda n: facts.layer_params.get(n, 0))
-    return order + rest
+    order += sorted(layers[1:-1], key=lambda n: facts.layer_params.get(n, 0))
+    return [n for n in order if not any(fnmatch.fnmatch(n, p) for p in skip)]
 
 
 def _quantization_step(view: PlannerView, facts: ProfileFacts) -> Action | None:

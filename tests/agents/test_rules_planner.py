@@ -1,0 +1,154 @@
+"""The rules planner's strategy, step by step, from synthetic profiles and trial histories."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agents.criteria import Criteria, Measurement
+from agents.instructions import apply_message
+from agents.planners.base import PlannerView
+from agents.planners.rules import decide
+from agents.state import Instructions, ToolCall, TrialRecord, VersionRecord
+
+BASE = Measurement(size_bytes=1_000_000, latency_p50_ms=1.0, peak_memory_mb=10.0, accuracy_retained=1.0)
+LAYERS = ["body.0", "body.2", "body.4", "head"]
+PROFILE: dict[str, Any] = {
+    "total_parameters": 250_000,
+    "params_per_layer_type": {"Linear": 250_000},
+    "params_per_block": {"body": 240_000, "head": 10_000},
+    "quantizable_layers": [{"name": n, "params": p} for n, p in zip(LAYERS, [9_000, 66_000, 66_000, 1_500])],
+    "prunable_layers": [{"name": n} for n in LAYERS],
+}
+METHODS = {
+    "quantize": ["dynamic_int8", "weight_only_int8", "weight_only_int4", "bnb_int8", "bnb_nf4", "fp16", "bf16",
+                 "static_int8"],
+    "prune": ["magnitude", "structured", "semi_structured_2_4"],
+}
+
+
+class History:
+    """Builds versions and trials the way the graph records them."""
+
+    def __init__(self) -> None:
+        self.versions = {"v0": VersionRecord(id="v0", measurement=BASE.model_dump(), objective=0.0)}
+        self.trials: list[TrialRecord] = []
+        self.current = "v0"
+
+    def trial(self, action, *, size: int, acc: float, accepted: bool) -> None:  # type: ignore[no-untyped-def]
+        n = len(self.trials) + 1
+        base = action.base_version or self.current
+        vid = f"v{n}"
+        m = BASE.model_copy(update={"size_bytes": size, "accuracy_retained": acc})
+        self.versions[vid] = VersionRecord(
+            id=vid, parent=base, trial=n, recipe=[*self.versions[base].recipe, *action.calls],
+            measurement=m.model_dump(),
+        )
+        meets = acc >= 0.95
+        self.trials.append(
+            TrialRecord(number=n, base_version=base, calls=action.calls, source="rules", strategy=action.strategy,
+                        meta=action.meta, status="accepted" if accepted else "rejected", version_id=vid,
+                        measurement=m.model_dump(), meets=meets)
+        )
+        if accepted:
+            self.current = vid
+
+    def view(self, criteria: Criteria, instructions: Instructions | None = None, device: str = "cpu") -> PlannerView:
+        return PlannerView(
+            criteria=criteria.resolved(),
+            device=device,
+            profile=PROFILE,
+            baseline=BASE,
+            current_version=self.current,
+            current=Measurement.model_validate(self.versions[self.current].measurement),
+            versions=self.versions,
+            trials=self.trials,
+            instructions=instructions or Instructions(),
+            trials_left=10,
+            method_choices=METHODS,
+        )
+
+
+def test_linear_heavy_cpu_model_starts_with_dynamic_int8_and_stops_at_the_goal() -> None:
+    h = History()
+    criteria = Criteria(max_size_reduction_percent=50, target_accuracy_threshold=0.95)
+    first = decide(h.view(criteria))
+    assert first.kind == "tool"
+    assert first.calls == [ToolCall(tool="quantize", arguments={"method": "dynamic_int8"})]
+    assert "Linear layers hold 100%" in first.reasoning
+    h.trial(first, size=270_000, acc=0.995, accepted=True)
+    done = decide(h.view(criteria))
+    assert done.kind == "finish" and "goal is reached" in done.reasoning
+
+
+def test_per_layer_fallback_keeps_the_most_sensitive_layer_in_float() -> None:
+    h = History()
+    criteria = Criteria(max_size_reduction_percent=50, target_accuracy_threshold=0.95)
+    first = decide(h.view(criteria))
+    h.trial(first, size=270_000, acc=0.90, accepted=False)
+    retry = decide(h.view(criteria))
+    assert retry.strategy == "quantize_fallback"
+    assert retry.calls[0].arguments == {"method": "dynamic_int8", "exclude": ["head"]}
+    h.trial(retry, size=280_000, acc=0.93, accepted=False)
+    again = decide(h.view(criteria))
+    assert again.calls[0].arguments["exclude"] == ["head", "body.0"]  # then the input layer
+    h.trial(again, size=300_000, acc=0.94, accepted=False)
+    # Fallbacks used up: the next method in the ranking.
+    nxt = decide(h.view(criteria))
+    assert nxt.calls[0].arguments["method"] == "weight_only_int8"
+
+
+def test_pruning_search_bisects_the_amount_against_the_floor_and_requantizes() -> None:
+    h = History()
+    criteria = Criteria(criteria_name="max_compression", target_accuracy_threshold=0.95)  # 90% target
+    q = decide(h.view(criteria))
+    h.trial(q, size=260_000, acc=0.99, accepted=True)
+    p1 = decide(h.view(criteria))
+    assert p1.strategy == "prune_search" and p1.base_version == "v0"
+    assert [c.tool for c in p1.calls] == ["prune", "quantize"]
+    assert p1.calls[0].arguments["method"] == "structured"
+    needed = p1.calls[0].arguments["amount"]
+    assert needed == pytest.approx(1 - 0.10 / 0.26, abs=1e-3)
+    h.trial(p1, size=100_000, acc=0.80, accepted=False)
+    p2 = decide(h.view(criteria))
+    assert p2.calls[0].arguments["amount"] == pytest.approx(needed / 2, abs=1e-3)
+    h.trial(p2, size=180_000, acc=0.97, accepted=True)
+    p3 = decide(h.view(criteria))
+    assert p3.calls[0].arguments["amount"] == pytest.approx(needed * 0.75, abs=1e-3)
+    assert "Bisection" in p3.reasoning
+
+
+def test_chat_instructions_steer_the_rules() -> None:
+    h = History()
+    criteria = Criteria(criteria_name="max_compression")
+    q = decide(h.view(criteria))
+    h.trial(q, size=260_000, acc=0.99, accepted=True)
+    ins, reply = apply_message(Instructions(), "don't prune the head", LAYERS)
+    assert "head*" in reply
+    p = decide(h.view(criteria, ins))
+    assert p.calls[0].tool == "prune" and p.calls[0].arguments["exclude"] == ["head*"]
+    ins, _ = apply_message(ins, "no pruning", LAYERS)
+    assert decide(h.view(criteria, ins)).kind == "finish"
+    ins, _ = apply_message(Instructions(), "stop now please", LAYERS)
+    assert decide(History().view(criteria, ins)).kind == "finish"
+
+
+def test_gpu_and_four_bit_preference_order_the_methods() -> None:
+    h = History()
+    criteria = Criteria(device="cuda")
+    assert decide(h.view(criteria, device="cuda")).calls[0].arguments["method"] == "bf16"
+    four = Instructions(prefer_bits=4)
+    assert decide(h.view(criteria, four, device="cuda")).calls[0].arguments["method"] == "weight_only_int4"
+    # On a CPU there is no 4-bit method: int8 stays first, GPU-only methods are never proposed.
+    cpu = decide(h.view(Criteria(), four)).calls[0].arguments["method"]
+    assert cpu == "dynamic_int8"
+
+
+def test_only_allowed_techniques_are_used() -> None:
+    h = History()
+    only_pruning = Criteria(optimization_techniques=["pruning"], max_size_reduction_percent=40)
+    a = decide(h.view(only_pruning))
+    assert [c.tool for c in a.calls] == ["prune"]
+    half = Criteria(optimization_techniques=["half_precision"], max_size_reduction_percent=40)
+    assert decide(h.view(half)).calls[0].arguments["method"] == "fp16"
