@@ -210,6 +210,8 @@ def _export_torchscript(handle: ModelHandle, path: Path) -> None:
 def _export_pt2(handle: ModelHandle, path: Path) -> None:
     import torch
 
+    from tools.loading import TORCHSCRIPT_META
+
     _require_torch(handle, "pt2")
     if isinstance(handle.model, torch.jit.ScriptModule):
         raise UnsupportedFormatError("a TorchScript model cannot be exported with torch.export; use onnx")
@@ -221,7 +223,7 @@ def _export_pt2(handle: ModelHandle, path: Path) -> None:
     )
     try:
         program = torch.export.export(handle.model, args, dynamic_shapes=dynamic_shapes)
-        torch.export.save(program, str(path))
+        torch.export.save(program, str(path), extra_files={TORCHSCRIPT_META: _meta_json(handle)})
     except Exception as exc:
         raise UnsupportedFormatError(
             "the model could not be exported with torch.export", details=str(exc)

@@ -17,7 +17,7 @@ from tools.formats import extract_state_dict, onnx_input_specs, validate_eval_da
 from tools.handle import ArchitectureRef, EvalData, InputSpec, ModelHandle
 from tools.runtime import check_inputs
 
-# Extra file in TorchScript archives written by tools.export, holding the input signature.
+# Extra file in TorchScript and .pt2 archives written by tools.export, holding the input signature.
 TORCHSCRIPT_META = "robopt.json"
 
 _CONVERSIONS = {
@@ -141,21 +141,26 @@ def _load_torchscript(path: Path, device: str) -> tuple[Any, list[InputSpec]]:
     extra = {TORCHSCRIPT_META: ""}
     module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     module.eval()
-    specs: list[InputSpec] = []
-    if extra[TORCHSCRIPT_META]:
-        try:
-            meta = json.loads(extra[TORCHSCRIPT_META])
-            specs = [InputSpec.model_validate(s) for s in meta.get("inputs", [])]
-        except (json.JSONDecodeError, ValueError) as exc:
-            raise InvalidModelError(f"the TorchScript file's {TORCHSCRIPT_META} is malformed: {exc}") from exc
-    return module, specs
+    return module, _saved_specs(extra[TORCHSCRIPT_META])
+
+
+def _saved_specs(text: str | bytes) -> list[InputSpec]:
+    """The input signature tools.export stores beside the model (empty when absent)."""
+    if not text:
+        return []
+    try:
+        meta = json.loads(text)
+        return [InputSpec.model_validate(s) for s in meta.get("inputs", [])]
+    except (json.JSONDecodeError, ValueError, AttributeError) as exc:
+        raise InvalidModelError(f"the model file's {TORCHSCRIPT_META} is malformed: {exc}") from exc
 
 
 def _load_pt2(path: Path, device: str) -> tuple[Any, list[InputSpec]]:
     import torch
 
+    extra = {TORCHSCRIPT_META: ""}
     try:
-        program = torch.export.load(str(path))
+        program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
         raise InvalidModelError(f"the torch.export program could not be loaded: {exc}") from exc
     user_inputs = set(program.graph_signature.user_inputs)
@@ -168,6 +173,13 @@ def _load_pt2(path: Path, device: str) -> tuple[Any, list[InputSpec]]:
             raise InvalidModelError(f"the exported program's input '{node.name}' is not a tensor")
         shape = [int(d) if isinstance(d, int) else None for d in val.shape]
         specs.append(InputSpec(name=node.name, shape=shape, dtype=_torch_dtype_name(val.dtype)))
+    saved = _saved_specs(extra[TORCHSCRIPT_META])
+    if len(saved) == len(specs):
+        # Our own export stores the signature: keep its names and ranges, the program's shapes and dtypes.
+        specs = [
+            s.model_copy(update={"name": m.name, "low": m.low, "high": m.high})
+            for s, m in zip(specs, saved, strict=True)
+        ]
     module = program.module()
     if device != "cpu":
         module = module.to(device)
