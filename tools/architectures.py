@@ -47,6 +47,14 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     seed: int = Field(0, description="Seed of the weight initialisation.")
+    resized: dict[str, dict[str, int]] = Field(
+        default_factory=dict,
+        description=(
+            "Layers whose widths differ from the config after structured pruning: module name -> "
+            "{in_features, out_features, in_channels, out_channels, num_features, normalized_shape, "
+            "embedding_dim, num_heads}. Applied after building, so pruned state dicts load back."
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,9 +666,89 @@ def build_model(
                 model = arch.builder(cfg)
         else:
             model = arch.builder(cfg)
+    if cfg.resized:
+        apply_resized(model, cfg.resized)
     if dtype is not None:
         model = model.to(dtype)
     return model.eval()
+
+
+_RESIZE_ATTRS = (
+    "in_features",
+    "out_features",
+    "in_channels",
+    "out_channels",
+    "num_features",
+    "embedding_dim",
+    "num_heads",
+)
+
+
+def resized_between(original: nn.Module, pruned: nn.Module) -> dict[str, dict[str, int]]:
+    """The width attributes of `pruned`'s modules that differ from `original`'s (see `resized`)."""
+    before = dict(original.named_modules())
+    out: dict[str, dict[str, int]] = {}
+    for name, module in pruned.named_modules():
+        old = before.get(name)
+        if old is None:
+            continue
+        attrs = {
+            a: int(getattr(module, a))
+            for a in _RESIZE_ATTRS
+            if isinstance(getattr(module, a, None), int) and getattr(module, a) != getattr(old, a, None)
+        }
+        if isinstance(module, nn.LayerNorm) and module.normalized_shape != old.normalized_shape:
+            attrs["normalized_shape"] = int(module.normalized_shape[-1])
+        if attrs:
+            out[name] = attrs
+    return out
+
+
+def apply_resized(model: nn.Module, resized: dict[str, dict[str, int]]) -> None:
+    """Give the named modules the recorded widths (fresh, uninitialised tensors of the new shapes)."""
+
+    def fresh(shape: tuple[int, ...], like: torch.Tensor) -> nn.Parameter:
+        return nn.Parameter(
+            torch.empty(shape, dtype=like.dtype, device=like.device), requires_grad=like.requires_grad
+        )
+
+    for name, attrs in resized.items():
+        try:
+            m = model.get_submodule(name)
+        except AttributeError as exc:
+            raise InvalidArgumentError(f"resized layer '{name}' does not exist in this architecture") from exc
+        if isinstance(m, nn.Linear):
+            m.in_features = attrs.get("in_features", m.in_features)
+            m.out_features = attrs.get("out_features", m.out_features)
+            m.weight = fresh((m.out_features, m.in_features), m.weight)
+            if m.bias is not None:
+                m.bias = fresh((m.out_features,), m.bias)
+        elif isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            m.in_channels = attrs.get("in_channels", m.in_channels)
+            m.out_channels = attrs.get("out_channels", m.out_channels)
+            m.weight = fresh((m.out_channels, m.in_channels // m.groups, *m.kernel_size), m.weight)
+            if m.bias is not None:
+                m.bias = fresh((m.out_channels,), m.bias)
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = attrs.get("num_features", m.num_features)
+            m.num_features = n
+            if m.weight is not None:
+                m.weight, m.bias = fresh((n,), m.weight), fresh((n,), m.bias)
+            if m.running_mean is not None:
+                m.running_mean = torch.zeros(n, dtype=m.running_mean.dtype, device=m.running_mean.device)
+                m.running_var = torch.ones(n, dtype=m.running_var.dtype, device=m.running_var.device)
+        elif isinstance(m, nn.LayerNorm):
+            n = attrs.get("normalized_shape", m.normalized_shape[-1])
+            m.normalized_shape = (n,)
+            if m.weight is not None:
+                m.weight = fresh((n,), m.weight)
+            if m.bias is not None:
+                m.bias = fresh((n,), m.bias)
+        elif isinstance(m, nn.Embedding):
+            m.embedding_dim = attrs.get("embedding_dim", m.embedding_dim)
+            m.weight = fresh((m.num_embeddings, m.embedding_dim), m.weight)
+        if "num_heads" in attrs and hasattr(m, "num_heads"):
+            m.num_heads = attrs["num_heads"]
 
 
 def input_specs(ref: ArchitectureRef | dict[str, Any] | str) -> list[InputSpec]:

@@ -80,7 +80,7 @@ def prune(
         return handle.with_step(model, {**step, "result": result})
     if method == "structured":
         model, result = _structured(handle, amount, scope, include, exclude, seed)
-        return handle.with_step(model, {**step, "result": result})
+        return handle.with_step(model, {**step, "result": result}, architecture=_resized_ref(handle, model))
     model, result, device = _semi_structured(handle, amount, include, exclude)
     return handle.with_step(model, {**step, "result": result}, device=device)
 
@@ -465,6 +465,20 @@ def _prune_width_groups(groups: list[_WidthGroup], amount: float, scope: Scope) 
             _keep_cols(lin, keep)
         pruned += 1
     return pruned
+
+
+def _resized_ref(handle: ModelHandle, pruned: nn.Module) -> Any:
+    """The architecture reference with the new widths recorded, so the pruned state dict loads back."""
+    ref = handle.architecture
+    if ref is None:
+        return None
+    from tools.architectures import canonical_ref, resized_between
+
+    canon = canonical_ref(ref)
+    resized = {k: dict(v) for k, v in canon.config.get("resized", {}).items()}
+    for name, attrs in resized_between(handle.model, pruned).items():
+        resized.setdefault(name, {}).update(attrs)
+    return type(ref)(name=canon.name, config={**canon.config, "resized": resized})
 
 
 def _prune_heads(attn: nn.Module, amount: float) -> int:

@@ -132,14 +132,14 @@ def test_structured_vla_prunes_heads_and_mlp_widths(tmp_path: Path) -> None:
     x = synthesize_inputs(handle.inputs, 2)
     out = forward(pruned, x)
     assert out.shape == (2, 7, 256)
-    path = tmp_path / "vla.pt"
-    example = tuple(torch.from_numpy(x[s.name]) for s in handle.inputs)
-    traced = torch.jit.trace(pruned.model, example, check_trace=False)
-    traced.save(str(path))
-    reloaded = torch.jit.load(str(path))
-    with torch.inference_mode():
-        again = reloaded(*[torch.from_numpy(x[s.name]) for s in handle.inputs])
-    np.testing.assert_allclose(again.numpy(), out, rtol=1e-4, atol=1e-5)
+    from tools.export import export
+    from tools.loading import load_model
+
+    # TorchScript and weights-only round trips (the recorded widths rebuild the pruned shapes).
+    for fmt, name in (("torchscript", "vla.pt"), ("safetensors", "vla.safetensors")):
+        path = export(pruned, fmt, tmp_path / name)
+        again = load_model(path, architecture=pruned.architecture if fmt == "safetensors" else None)
+        np.testing.assert_allclose(forward(again, x), out, rtol=1e-4, atol=1e-5)
 
 
 def test_bad_arguments_raise_typed_errors(model_files: dict[str, Path]) -> None:
@@ -158,3 +158,32 @@ def test_bad_arguments_raise_typed_errors(model_files: dict[str, Path]) -> None:
     onnx_handle = ModelHandle(runtime="onnx", format="onnx", model=proto, inputs=handle.inputs)
     with pytest.raises(UnsupportedFormatError):
         prune(onnx_handle, "structured", 0.5)
+
+
+def test_structured_registry_model_exports_and_loads_back(tmp_path: Path) -> None:
+    from tools.export import export
+    from tools.loading import load_model
+
+    handle = _registry_handle_with("cnn_classifier", batch_norm=True)
+    pruned = prune(handle, "structured", 0.5)
+    assert pruned.architecture is not None and pruned.architecture.config["resized"]
+    x = synthesize_inputs(handle.inputs, 2, seed=4)
+    expected = forward(pruned, x)
+    # Weights only: the recorded widths rebuild the pruned shapes.
+    path = export(pruned, "safetensors", tmp_path / "pruned.safetensors")
+    again = load_model(path, architecture=pruned.architecture)
+    assert sum(p.numel() for p in again.model.parameters()) == _params(pruned)
+    np.testing.assert_allclose(forward(again, x), expected, rtol=1e-5, atol=1e-5)
+    onnx_path = export(pruned, "onnx", tmp_path / "pruned.onnx")
+    np.testing.assert_allclose(forward(load_model(onnx_path), x), expected, rtol=1e-4, atol=1e-4)
+
+
+def _registry_handle_with(name: str, **config: object) -> ModelHandle:
+    ref = ArchitectureRef(name=name, config=dict(config))
+    return ModelHandle(
+        runtime="torch",
+        format="state_dict",
+        model=build_model(ref),
+        inputs=input_specs(ref),
+        architecture=ref,
+    )
