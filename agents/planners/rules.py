@@ -28,6 +28,8 @@ from agents.state import Action, ToolCall, TrialRecord
 
 MAX_FALLBACKS = 2
 MIN_AMOUNT_STEP = 0.04
+MIN_USEFUL_AMOUNT = 0.1  # below this, pruning saves too little to be worth a trial
+RESTART_AMOUNT = 0.3
 MAX_PRUNE_AMOUNT = 0.9
 _BITS = {
     "dynamic_int8": 8,
@@ -183,6 +185,13 @@ def _sensitivity_order(facts: ProfileFacts, skip: list[str]) -> list[str]:
     return [n for n in order if not any(fnmatch.fnmatch(n, p) for p in skip)]
 
 
+def _prune_sensitivity(facts: ProfileFacts, skip: list[str]) -> list[str]:
+    """For pruning: the input layer, then the smallest hidden layers (the output layer is never pruned)."""
+    layers = list(facts.prunable) or list(facts.quantizable)
+    order = layers[:1] + sorted(layers[1:-1], key=lambda n: facts.layer_params.get(n, 0))
+    return [n for n in order if not any(fnmatch.fnmatch(n, p) for p in skip)]
+
+
 def _quantization_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
     if _is_quantized(view.current_record.recipe):
         return None
@@ -327,13 +336,13 @@ def _pruning_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
             f"{100 * lo:.0f}% pruning met the floor; trying the amount the target needs, {100 * amount:.0f}%."
         )
     else:
-        if hi - lo <= MIN_AMOUNT_STEP:
+        if hi - lo <= MIN_AMOUNT_STEP or (lo == 0.0 and hi <= MIN_USEFUL_AMOUNT):
             if lo == 0.0 and restarts == 0:
-                layer = next(iter(_sensitivity_order(facts, view.instructions.exclude_prune)), None)
+                layer = next(iter(_prune_sensitivity(facts, view.instructions.exclude_prune)), None)
                 if layer is None:
                     return None
                 exclude = [layer]
-                amount = needed
+                amount = min(needed, RESTART_AMOUNT)
                 return _prune_action(
                     view,
                     base,
@@ -343,10 +352,10 @@ def _pruning_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
                     requant,
                     restarts + 1,
                     needed,
-                    lo,
-                    hi,
+                    0.0,
+                    None,
                     f"Even {100 * hi:.0f}% pruning broke the accuracy floor. Per-layer fallback: excluding "
-                    f"'{layer}' (most sensitive) from pruning and restarting the search at {100 * amount:.0f}%.",  # noqa: E501
+                    f"'{layer}' (most sensitive) from pruning; restarting the search at {100 * amount:.0f}%.",
                 )
             return None  # converged
         amount = (lo + hi) / 2.0
