@@ -659,13 +659,20 @@ def build_model(
 ) -> nn.Module:
     """Build the architecture in eval mode, initialised from the config's seed (same seed, same weights)."""
     arch, cfg = resolve(ref)
+    previous_dtype = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        if device is not None:
-            with torch.device(device):
+        try:
+            # Build directly in the target dtype: a 7B model never exists in float32 on the way.
+            if dtype is not None and dtype.is_floating_point:
+                torch.set_default_dtype(dtype)
+            if device is not None:
+                with torch.device(device):
+                    model = arch.builder(cfg)
+            else:
                 model = arch.builder(cfg)
-        else:
-            model = arch.builder(cfg)
+        finally:
+            torch.set_default_dtype(previous_dtype)
     if cfg.resized:
         apply_resized(model, cfg.resized)
     if dtype is not None:

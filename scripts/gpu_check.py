@@ -1,0 +1,190 @@
+"""Run every GPU method side by side on one CUDA device and print size, latency and fidelity.
+
+Methods: bf16 (the baseline every row is compared with), fp16, bitsandbytes int8 and nf4,
+torchao int4 weight-only, and 2:4 semi-structured sparsity (on the bf16 model); fp32 is shown
+for reference. Each row is one model from `tools.quantize` / `tools.prune`, timed with
+`tools.benchmark` (CUDA events, warm-up excluded) on the same inputs, and scored with
+`tools.evaluate` against the highest-precision model (fp32, or bf16 for openvla_7b).
+A method that fails prints its error in its row; the others still run.
+
+    python scripts/gpu_check.py                      # Linear-heavy MLP (4 x 4096 wide)
+    python scripts/gpu_check.py --model vla_mini     # the small VLA
+    python scripts/gpu_check.py --model openvla_7b   # OpenVLA-7B shape, random weights, bf16 reference
+    python scripts/gpu_check.py --json out.json      # also write the rows as JSON
+
+Without a CUDA device it prints "no CUDA device: GPU checks skipped" and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+# Runnable as `python scripts/gpu_check.py` from the repository root.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SKIP_MESSAGE = "no CUDA device: GPU checks skipped"
+METHODS = ("fp32", "bf16", "fp16", "bnb_int8", "bnb_nf4", "weight_only_int4", "semi_structured_2_4")
+MODELS: dict[str, dict[str, Any]] = {
+    "linear": {
+        "name": "mlp_policy",
+        "config": {"obs_dim": 4096, "act_dim": 4096, "hidden": [4096, 4096, 4096], "activation": "gelu"},
+    },
+    "vla_mini": {"name": "vla_mini", "config": {}},
+    "openvla_7b": {"name": "openvla_7b", "config": {}},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(MODELS), default="linear")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--samples", type=int, default=64, help="evaluation samples for fidelity")
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    if not torch.cuda.is_available():
+        print(SKIP_MESSAGE)
+        return 0
+
+    rows = run(args.model, args.methods, args.batch_size, args.warmup, args.iterations, args.samples)
+    print(format_table(rows, args.model, args.batch_size))
+    if args.json is not None:
+        args.json.write_text(json.dumps(rows, indent=2, default=str))
+    return 0
+
+
+def _base_handle(model_key: str, dtype: Any) -> Any:
+    from tools.architectures import build_model, canonical_ref, input_specs
+    from tools.handle import ModelHandle
+
+    ref = canonical_ref(MODELS[model_key])
+    model = build_model(ref, device="cuda", dtype=dtype)
+    return ModelHandle(
+        runtime="torch",
+        format="state_dict",
+        model=model,
+        inputs=input_specs(ref),
+        architecture=ref,
+        device="cuda",
+    )
+
+
+def _apply(method: str, fp32: Any, bf16: Any) -> Any:
+    from tools.prune import prune
+    from tools.quantize import quantize
+
+    if method == "fp32":
+        return fp32
+    if method == "bf16":
+        return bf16
+    if method == "semi_structured_2_4":
+        return prune(bf16, "semi_structured_2_4", 0.5)
+    # bf16/fp16 casts and weight-only int4 start from the float model, the bnb methods too.
+    return quantize(fp32 if fp32 is not None else bf16, method)
+
+
+def run(
+    model_key: str, methods: list[str], batch_size: int, warmup: int, iterations: int, samples: int
+) -> list[dict[str, Any]]:
+    import torch
+
+    from tools.benchmark import benchmark
+    from tools.evaluate import evaluate
+    from tools.handle import EvalData
+    from tools.runtime import synthesize_inputs
+
+    big = model_key == "openvla_7b"
+    # openvla_7b in fp32 is 30 GB; its reference is the bf16 model.
+    fp32 = None if big else _base_handle(model_key, torch.float32)
+    bf16 = _base_handle(model_key, torch.bfloat16) if big else _bf16_of(fp32)
+    reference = bf16 if big else fp32
+    data = EvalData(inputs=synthesize_inputs(reference.inputs, samples, seed=0))
+    rows: list[dict[str, Any]] = []
+    for method in methods:
+        if big and method == "fp32":
+            continue
+        row: dict[str, Any] = {"method": method}
+        started = time.perf_counter()
+        candidate = None
+        try:
+            candidate = _apply(method, fp32, bf16)
+            row["apply_s"] = time.perf_counter() - started
+            bench = benchmark(
+                candidate, device="cuda", batch_size=batch_size, warmup=warmup, iterations=iterations
+            )
+            row.update(
+                size_mb=bench.size_bytes / 2**20,
+                p50_ms=bench.p50_ms,
+                p90_ms=bench.p90_ms,
+                peak_memory_mb=bench.peak_memory_mb,
+                device_name=bench.device_name,
+            )
+            result = evaluate(candidate, reference=reference, data=data, batch_size=min(16, samples))
+            row.update(
+                top1_agreement=result.top1_agreement,
+                cosine=result.cosine_similarity,
+                relative_error=result.relative_error,
+                metric=result.metric,
+                value=result.value,
+            )
+        except Exception as exc:  # one failing method must not hide the others
+            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            row["traceback"] = traceback.format_exc(limit=3)
+        finally:
+            if candidate is not None and candidate is not fp32 and candidate is not bf16:
+                del candidate
+            gc.collect()
+            torch.cuda.empty_cache()
+        rows.append(row)
+    base = next((r for r in rows if r["method"] == "bf16" and "p50_ms" in r), None)
+    for row in rows:
+        if base is not None and "p50_ms" in row:
+            row["speedup_vs_bf16"] = base["p50_ms"] / row["p50_ms"]
+            row["size_vs_bf16"] = row["size_mb"] / base["size_mb"]
+    return rows
+
+
+def _bf16_of(fp32: Any) -> Any:
+    from tools.quantize import quantize
+
+    return quantize(fp32, "bf16")
+
+
+def format_table(rows: list[dict[str, Any]], model_key: str, batch_size: int) -> str:
+    device = next((r["device_name"] for r in rows if "device_name" in r), "?")
+    head = (
+        f"GPU check: model={model_key} batch={batch_size} device={device}\n"
+        "| method | size MB | size/bf16 | p50 ms | p90 ms | speed-up/bf16 | peak MB | fidelity | top-1 "
+        "| cosine | rel. err | error |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+
+        def f(key: str, fmt: str = "{:.3f}", row: dict[str, Any] = r) -> str:
+            v = row.get(key)
+            return fmt.format(v) if isinstance(v, (int, float)) else "-"
+
+        lines.append(
+            f"| {r['method']} | {f('size_mb', '{:.1f}')} | {f('size_vs_bf16', '{:.2f}')} | {f('p50_ms')} | "
+            f"{f('p90_ms')} | {f('speedup_vs_bf16', '{:.2f}x')} | {f('peak_memory_mb', '{:.0f}')} | "
+            f"{f('value')} | {f('top1_agreement')} | {f('cosine', '{:.4f}')} | "
+            f"{f('relative_error', '{:.4f}')} | {r.get('error', '')} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""scripts/gpu_check.py: skips cleanly without CUDA; its table shows per-method errors instead of crashing."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "gpu_check.py"
+
+
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="this machine has CUDA: the script runs the real checks"
+)
+def test_skips_without_cuda_and_exits_zero() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--model", "vla_mini"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device: GPU checks skipped" in proc.stdout
+
+
+def test_rejects_unknown_arguments() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--methods", "int3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_table_reports_each_method_and_its_error() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    rows = [
+        {"method": "bf16", "size_mb": 96.0, "size_vs_bf16": 1.0, "p50_ms": 0.5, "p90_ms": 0.6,
+         "speedup_vs_bf16": 1.0, "peak_memory_mb": 200, "value": 1.0, "cosine": 0.9999,
+         "relative_error": 0.004, "device_name": "NVIDIA H100"},
+        {"method": "bnb_nf4", "error": "DependencyMissingError: no kernels"},
+    ]  # fmt: skip
+    table = gpu_check.format_table(rows, "linear", 1)
+    assert "device=NVIDIA H100" in table
+    lines = table.splitlines()
+    assert lines[3].startswith("| bf16 | 96.0 | 1.00 | 0.500 |")
+    assert lines[4].startswith("| bnb_nf4 | - |") and "DependencyMissingError: no kernels" in lines[4]
