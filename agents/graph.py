@@ -593,7 +593,7 @@ def _progress(state: dict[str, Any], message: str) -> dict[str, Any]:
 def _profile_summary(profile: dict[str, Any]) -> dict[str, Any]:
     keep = ("format", "total_parameters", "size_bytes", "dtypes", "flops", "inputs")
     out = {k: profile.get(k) for k in keep if k in profile}
-    for key in ("params_per_layer_type", "params_by_layer_type", "params_per_block", "params_by_block"):
+    for key in ("parameters_by_layer_type", "parameters_by_block", "bytes_by_layer_type", "notes"):
         if key in profile:
             out[key] = profile[key]
     for key in ("quantizable_layers", "prunable_layers"):

@@ -56,12 +56,12 @@ def _counts(value: Any) -> dict[str, int]:
 def profile_facts(profile: dict[str, Any]) -> ProfileFacts:
     total = int(profile.get("total_parameters") or 0)
     by_type: dict[str, int] = {}
-    for key in ("params_per_layer_type", "params_by_layer_type", "layer_types", "per_layer_type"):
+    for key in ("parameters_by_layer_type", "params_per_layer_type", "params_by_layer_type"):
         if key in profile:
             by_type = _counts(profile[key])
             break
     by_block: dict[str, int] = {}
-    for key in ("params_per_block", "params_by_block", "blocks", "per_block"):
+    for key in ("parameters_by_block", "params_per_block", "params_by_block"):
         if key in profile:
             by_block = _counts(profile[key])
             break
@@ -73,6 +73,9 @@ def profile_facts(profile: dict[str, Any]) -> ProfileFacts:
         return n / total if total else 0.0
 
     layer_params: dict[str, int] = {}
+    for item in profile.get("layers") or []:
+        if isinstance(item, dict) and item.get("name"):
+            layer_params[str(item["name"])] = int(item.get("parameters") or 0)
     for key in ("quantizable_layers", "prunable_layers"):
         for item in profile.get(key) or []:
             if isinstance(item, dict) and (item.get("name") or item.get("qualified_name")):

@@ -16,10 +16,14 @@ BASE = Measurement(size_bytes=1_000_000, latency_p50_ms=1.0, peak_memory_mb=10.0
 LAYERS = ["body.0", "body.2", "body.4", "head"]
 PROFILE: dict[str, Any] = {
     "total_parameters": 250_000,
-    "params_per_layer_type": {"Linear": 250_000},
-    "params_per_block": {"body": 240_000, "head": 10_000},
-    "quantizable_layers": [{"name": n, "params": p} for n, p in zip(LAYERS, [9_000, 66_000, 66_000, 1_500])],
-    "prunable_layers": [{"name": n} for n in LAYERS],
+    "parameters_by_layer_type": {"Linear": 250_000},
+    "parameters_by_block": {"body": 240_000, "head": 10_000},
+    "quantizable_layers": LAYERS,
+    "prunable_layers": LAYERS,
+    "layers": [
+        {"name": n, "type": "Linear", "parameters": p}
+        for n, p in zip(LAYERS, [9_000, 66_000, 66_000, 1_500], strict=True)
+    ],
 }
 METHODS = {
     "quantize": ["dynamic_int8", "weight_only_int8", "weight_only_int4", "bnb_int8", "bnb_nf4", "fp16", "bf16",
