@@ -26,8 +26,16 @@ PROFILE: dict[str, Any] = {
     ],
 }
 METHODS = {
-    "quantize": ["dynamic_int8", "weight_only_int8", "weight_only_int4", "bnb_int8", "bnb_nf4", "fp16", "bf16",
-                 "static_int8"],
+    "quantize": [
+        "dynamic_int8",
+        "weight_only_int8",
+        "weight_only_int4",
+        "bnb_int8",
+        "bnb_nf4",
+        "fp16",
+        "bf16",
+        "static_int8",
+    ],
     "prune": ["magnitude", "structured", "semi_structured_2_4"],
 }
 
@@ -46,19 +54,33 @@ class History:
         vid = f"v{n}"
         m = BASE.model_copy(update={"size_bytes": size, "accuracy_retained": acc})
         self.versions[vid] = VersionRecord(
-            id=vid, parent=base, trial=n, recipe=[*self.versions[base].recipe, *action.calls],
+            id=vid,
+            parent=base,
+            trial=n,
+            recipe=[*self.versions[base].recipe, *action.calls],
             measurement=m.model_dump(),
         )
         meets = acc >= 0.95
         self.trials.append(
-            TrialRecord(number=n, base_version=base, calls=action.calls, source="rules", strategy=action.strategy,
-                        meta=action.meta, status="accepted" if accepted else "rejected", version_id=vid,
-                        measurement=m.model_dump(), meets=meets)
+            TrialRecord(
+                number=n,
+                base_version=base,
+                calls=action.calls,
+                source="rules",
+                strategy=action.strategy,
+                meta=action.meta,
+                status="accepted" if accepted else "rejected",
+                version_id=vid,
+                measurement=m.model_dump(),
+                meets=meets,
+            )
         )
         if accepted:
             self.current = vid
 
-    def view(self, criteria: Criteria, instructions: Instructions | None = None, device: str = "cpu") -> PlannerView:
+    def view(
+        self, criteria: Criteria, instructions: Instructions | None = None, device: str = "cpu"
+    ) -> PlannerView:
         return PlannerView(
             criteria=criteria.resolved(),
             device=device,
