@@ -112,3 +112,13 @@ def test_unsafe_file_never_loads(tmp_path: Path) -> None:
     with pytest.raises(UnsafeModelError):
         load_model(path, architecture=POLICY_REF)
     assert not (tmp_path / "ran").exists()
+
+
+def test_public_api_names() -> None:
+    import tools
+    from tools import benchmark, evaluate, export, inspect_model, load_model, prune, quantize  # noqa: F401
+
+    assert tools.load_model is load_model and callable(tools.ModelHandle)
+    assert issubclass(tools.UnsafeModelError, tools.ToolError)
+    with pytest.raises(AttributeError):
+        _ = tools.not_a_tool
