@@ -99,7 +99,8 @@ class LLMClient:
         tools: list[dict[str, Any]] | None = None,
         json_mode: bool = False,
     ) -> LLMReply:
-        litellm = _litellm()
+        # The first import takes seconds: never on the event loop.
+        litellm = await asyncio.to_thread(_litellm)
         kwargs: dict[str, Any] = {
             "model": self.model,
             "messages": messages,
