@@ -172,7 +172,9 @@ def _device_name(device: str) -> str:
 def _on_device(handle: ModelHandle, device: str) -> ModelHandle:
     """The handle itself when it is already there; else a copy moved to `device` (input untouched)."""
     want_cuda = device.startswith("cuda")
-    if handle.device.startswith("cuda") == want_cuda and (not want_cuda or handle.device == device):
+    if handle.device.startswith("cuda") == want_cuda and (
+        not want_cuda or _cuda_index(handle.device) == device
+    ):
         return handle
     if handle.runtime == "onnx":
         if want_cuda:
@@ -185,6 +187,11 @@ def _on_device(handle: ModelHandle, device: str) -> ModelHandle:
         return handle.clone(model=handle.model, device=device)
     model = copy.deepcopy(handle.model).to(device)
     return handle.clone(model=model, device=device)
+
+
+def _cuda_index(device: str) -> str:
+    """'cuda' -> 'cuda:<current>', so a handle on 'cuda' is not copied to benchmark on 'cuda:0'."""
+    return f"cuda:{torch.cuda.current_device()}" if device == "cuda" else device
 
 
 def _inputs(

@@ -129,11 +129,36 @@ def _weight_targets(
                     targets.append((name, module, "weight", w))
     if not targets:
         for pname, p in model.named_parameters():
+            if type(p) not in (torch.Tensor, nn.Parameter):  # quantized tensor subclasses (torchao)
+                continue
             if p.ndim >= 2 and p.is_floating_point() and pname.split(".")[-1].endswith("weight"):
                 mname = pname.rsplit(".", 1)[0] if "." in pname else pname
                 if _selected(mname, include, exclude):
                     targets.append((mname, None, pname, p))
     return targets
+
+
+def quantization_backend(model: Any) -> str | None:
+    """The library that quantized a torch model's weights, or None for float weights."""
+    if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
+        return None
+    for module in model.modules():
+        root = type(module).__module__
+        if root.startswith(("torch.ao.nn.quantized", "torch.nn.quantized", "bitsandbytes")):
+            return root.split(".")[0] if root.startswith("bitsandbytes") else "torch.ao"
+    for p in model.parameters():
+        if type(p) not in (torch.Tensor, nn.Parameter):
+            return type(p).__module__.split(".")[0]
+    return None
+
+
+def _refuse_quantized(model: Any, method: str) -> None:
+    backend = quantization_backend(model)
+    if backend is not None:
+        raise UnsupportedFormatError(
+            f"'{method}' pruning needs float weights and this model is already quantized ({backend}); "
+            "prune the float model first, then quantize it"
+        )
 
 
 def _count_params(model: nn.Module) -> int:
@@ -152,6 +177,8 @@ def _magnitude_torch(
 
     model = handle.clone().model
     targets = _weight_targets(model, include, exclude)
+    if not targets and not (include or exclude):
+        _refuse_quantized(model, "magnitude")
     if not targets:
         raise InvalidArgumentError(
             "no float Linear/Conv weights to prune"
@@ -307,9 +334,19 @@ def _structured(
             "structured pruning cannot resize a TorchScript graph; upload the model as a state dict of a "
             "registered architecture (or an exported .pt2)"
         )
+    if not isinstance(handle.model, nn.Module):
+        raise UnsupportedFormatError(
+            f"structured pruning needs an nn.Module, got {type(handle.model).__name__}"
+        )
+    _refuse_quantized(handle.model, "structured")
+    if isinstance(handle.model, torch.fx.GraphModule) and not any(
+        isinstance(m, _PRUNABLE) for m in handle.model.modules()
+    ):
+        raise UnsupportedFormatError(
+            "structured pruning needs the model's layers as Python modules, which a torch.export (.pt2) "
+            "program does not have; upload the state dict with its architecture, or use 'magnitude' pruning"
+        )
     model: nn.Module = handle.clone().model
-    if not isinstance(model, nn.Module):
-        raise UnsupportedFormatError(f"structured pruning needs an nn.Module, got {type(model).__name__}")
     params_before = _count_params(model)
     example = to_tensors(handle, synthesize_inputs(handle.inputs, 2, seed=seed))
     names = {m: n for n, m in model.named_modules()}

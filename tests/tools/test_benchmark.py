@@ -18,8 +18,9 @@ from tools.handle import ArchitectureRef, EvalData, ModelHandle
 
 def _policy(width: int) -> ModelHandle:
     ref = ArchitectureRef(name="mlp_policy", config={"obs_dim": 64, "act_dim": 8, "hidden": [width, width]})
+    model = build_model(ref)
     return ModelHandle(
-        runtime="torch", format="state_dict", model=build_model(ref), inputs=input_specs(ref), architecture=ref
+        runtime="torch", format="state_dict", model=model, inputs=input_specs(ref), architecture=ref
     )
 
 
@@ -63,9 +64,8 @@ def test_uses_eval_data_and_rejects_mismatched_data() -> None:
 
 
 def test_onnx_model(model_files: dict[str, Path]) -> None:
-    handle = ModelHandle(
-        runtime="onnx", format="onnx", model=onnx.load(str(model_files["mlp_onnx"])), inputs=mlp_handle().inputs
-    )
+    proto = onnx.load(str(model_files["mlp_onnx"]))
+    handle = ModelHandle(runtime="onnx", format="onnx", model=proto, inputs=mlp_handle().inputs)
     result = benchmark(handle, batch_size=2, warmup=2, iterations=10)
     assert result.runtime == "onnx" and result.p50_ms > 0
     assert result.size_bytes >= 4 * 300_000

@@ -187,3 +187,21 @@ def _registry_handle_with(name: str, **config: object) -> ModelHandle:
         inputs=input_specs(ref),
         architecture=ref,
     )
+
+
+def test_quantized_and_exported_programs(tmp_path: Path) -> None:
+    from tests.tools.conftest import build_mlp
+    from tools.loading import load_model
+    from tools.quantize import quantize
+
+    quantized = quantize(mlp_handle(), "dynamic_int8")
+    for method in ("magnitude", "structured"):
+        with pytest.raises(UnsupportedFormatError, match="already quantized"):
+            prune(quantized, method, 0.5)
+    program = torch.export.export(build_mlp(), (torch.randn(2, 64),))
+    torch.export.save(program, tmp_path / "mlp.pt2")
+    exported = load_model(tmp_path / "mlp.pt2")
+    pruned = prune(exported, "magnitude", 0.5)
+    assert sparsity_of(pruned) >= 0.49 and sparsity_of(exported) < 0.01
+    with pytest.raises(UnsupportedFormatError, match=r"\.pt2"):
+        prune(exported, "structured", 0.5)
