@@ -46,7 +46,8 @@ def _trials(state: GraphState) -> list[TrialRecord]:
 
 def measure(ctx: GraphContext, handle: Any, criteria: Criteria, device: str) -> Measurement:
     """Benchmark and evaluate one handle against the original (blocking)."""
-    from tools import benchmark, evaluate
+    from tools.benchmark import benchmark
+    from tools.evaluate import evaluate
 
     bench = benchmark(
         handle,
@@ -118,7 +119,7 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
         return {"criteria": resolved.model_dump(mode="json")}
 
     async def profile(state: GraphState) -> dict[str, Any]:
-        from tools import inspect_model
+        from tools.profile import inspect_model
 
         criteria = _criteria(state)
         await ctx.emit(

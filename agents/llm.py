@@ -107,6 +107,7 @@ class LLMClient:
             "temperature": self.temperature,
             "timeout": self.timeout_s,
             "num_retries": 0,  # retries are ours, with backoff, so fallbacks are recorded
+            "max_retries": 0,
         }
         if self.api_base:
             kwargs["api_base"] = self.api_base

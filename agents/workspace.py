@@ -54,7 +54,7 @@ class Workspace:
     def original(self) -> Any:
         with self._lock:
             if self._original is None:
-                from tools import load_model
+                from tools.loading import load_model
 
                 assert self.source is not None
                 handle = load_model(
