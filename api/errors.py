@@ -65,28 +65,39 @@ _STATUS_ERRORS: dict[int, tuple[str, str]] = {
 
 # One example per status for the OpenAPI documentation of each route.
 _EXAMPLES: dict[int, tuple[str, dict[str, Any]]] = {
-    400: ("Bad request", {"error": "bad_request", "message": "Malformed multipart body", "details": None}),
+    400: (
+        "Bad request",
+        {
+            "error": "unsupported_format",
+            "message": "File extension '.exe' is not accepted",
+            "details": {"allowed_extensions": [".onnx", ".pt", ".pth", ".pt2", ".safetensors", ".h5", ".pb"]},
+        },
+    ),
     401: (
         "Missing, invalid, expired or revoked token",
-        {"error": "unauthorized", "message": "Invalid or expired token", "details": None},
+        {"error": "unauthorized", "message": "Invalid or expired token", "details": "Signature has expired"},
     ),
     403: (
         "Authenticated but not allowed",
-        {"error": "forbidden", "message": "Administrator role required", "details": None},
+        {"error": "forbidden", "message": "Administrator role required", "details": "role: user"},
     ),
     404: (
         "Not found (or owned by another user)",
-        {"error": "not_found", "message": "Model not found", "details": None},
+        {"error": "not_found", "message": "Model not found", "details": "model_id: 3f2a..."},
     ),
     409: (
         "Conflict",
-        {"error": "conflict", "message": "Model is used by a running optimization", "details": None},
+        {
+            "error": "conflict",
+            "message": "Model is used by a running optimization; cancel it first",
+            "details": "session_id: 9c1b...",
+        },
     ),
     413: (
         "File too large",
         {
             "error": "payload_too_large",
-            "message": "Upload exceeds the limit",
+            "message": "Upload exceeds the size limit",
             "details": {"max_bytes": 524288000},
         },
     ),
@@ -95,21 +106,24 @@ _EXAMPLES: dict[int, tuple[str, dict[str, Any]]] = {
         {
             "error": "validation_error",
             "message": "Invalid request parameters",
-            "details": "model_id is required",
+            "details": "model_id: Field required",
         },
     ),
     429: (
         "Rate limited",
         {
             "error": "rate_limited",
-            "message": "Too many failed logins, retry later",
+            "message": "Too many failed logins for this user from this address; retry later",
             "details": {"retry_after_s": 42},
         },
     ),
-    500: ("Internal error", {"error": "internal_error", "message": "Internal server error", "details": None}),
+    500: (
+        "Internal error",
+        {"error": "internal_error", "message": "Internal server error", "details": {"request_id": "5d0c..."}},
+    ),
     503: (
         "Service unavailable",
-        {"error": "service_unavailable", "message": "Database unreachable", "details": None},
+        {"error": "service_unavailable", "message": "Database unreachable", "details": {"version": "0.1.0"}},
     ),
 }
 
@@ -167,9 +181,42 @@ async def _http_error_handler(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, error, message, None, getattr(exc, "headers", None))
 
 
+def document_validation_errors(app: FastAPI) -> None:
+    """Make every route's generated 422 response document the error body, not FastAPI's default."""
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = original()
+        _, example = _EXAMPLES[422]
+        schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+        schemas.setdefault(
+            "ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                response = operation.get("responses", {}).get("422")
+                if not response:
+                    continue
+                content = response.setdefault("content", {}).setdefault("application/json", {})
+                if "HTTPValidationError" in str(content.get("schema", "")):
+                    content["schema"] = {"$ref": "#/components/schemas/ErrorBody"}
+                    content["example"] = example
+                    response["description"] = "Validation error"
+        for unused in ("HTTPValidationError", "ValidationError"):
+            if unused not in str(schema.get("paths")):
+                schemas.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
     app.add_exception_handler(StarletteHTTPException, _http_error_handler)
+    document_validation_errors(app)
     # Unhandled exceptions are caught by RequestContextMiddleware (api/middleware.py) so that the
     # 500 body still carries the request id header; see there.

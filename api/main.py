@@ -124,10 +124,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await app.state.engine.dispose()
 
 
+STALE_UPLOAD_S = 3600
+
+
 def _remove_stale_partial_uploads(settings: Settings) -> None:
-    # Left by a process killed mid-upload; nothing references them.
-    for leftover in settings.uploads_dir.glob(".upload-*.part"):
-        leftover.unlink(missing_ok=True)
+    # Left by a process killed mid-upload; nothing references them. Only old ones: another worker
+    # sharing DATA_DIR may be receiving a fresh one right now.
+    cutoff = time.time() - STALE_UPLOAD_S
+    for leftover in settings.uploads_dir.glob(".upload-*"):
+        try:
+            if leftover.stat().st_mtime < cutoff:
+                leftover.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

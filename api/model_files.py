@@ -61,12 +61,8 @@ def probe_input_spec(
             log.info("weights-only upload without an architecture: stored without an input signature")
             return None
         raise
-    inputs = list(handle.inputs)
-    if not inputs:
-        from tools.profile import inspect_model
-
-        inputs = list(inspect_model(handle).inputs)
-    return inputs or None
+    # A TorchScript file from elsewhere may not state its inputs: then there is no signature to store.
+    return list(handle.inputs) or None
 
 
 def report_details(report: FormatReport) -> dict[str, Any]:

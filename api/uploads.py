@@ -255,6 +255,10 @@ async def receive_upload(
             await asyncio.to_thread(_write_block, handle, digest, bytes(collector.pending))
             collector.pending.clear()
         await asyncio.to_thread(handle.close)
+        # The loaders go by the suffix: give the finished file the client's extension.
+        final = path.with_name(f"{path.stem}{extension_of(collector.filename)}")
+        os.replace(path, final)
+        path = final
         return ReceivedUpload(
             path=path,
             filename=collector.filename,

@@ -14,6 +14,7 @@ an HTTP client with the app's lifespan run, logged-in headers, and a real uvicor
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from sqlalchemy.engine import make_url
 
 from api.main import create_app
 from api.security import configure_password_hashing
+from state.db import run_migrations
 from state.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -112,11 +114,25 @@ def _truncate_postgres(url: str) -> None:
             conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
 
 
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per run; each test starts from a copy (DDL is slow to fsync)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "robopt.db"
+    run_migrations(f"sqlite:///{path.resolve()}")
+    return path
+
+
 @pytest.fixture(params=DB_BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The database URL of one test: a SQLite file in tmp_path, or the run's (emptied) PostgreSQL database."""
+    """The database URL of one test: a SQLite file in tmp_path, or the run's (emptied) PostgreSQL database.
+
+    The app still runs its migrations at start-up; on the copied SQLite file they find it at head.
+    """
     if request.param == "sqlite":
-        return f"sqlite:///{(tmp_path / 'data' / 'robopt.db').resolve()}"
+        path = tmp_path / "data" / "robopt.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path.resolve()}"
     url = request.getfixturevalue("postgres_database_url")
     _truncate_postgres(url)
     return url
