@@ -20,10 +20,12 @@ names of their weight initializers). The input handle is never modified.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
+import logging
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,6 +211,8 @@ def _quantize_torch(
     seed: int,
     step: dict[str, Any],
 ) -> ModelHandle:
+    import torch
+
     if method == "static_int8":
         onnx_handle = _as_onnx_handle(handle)
         step["exported_to_onnx"] = True
@@ -236,8 +240,14 @@ def _quantize_torch(
     elif method in ("dynamic_int8", "weight_only_int8", "weight_only_int4"):
         if method == "weight_only_int4":
             device = device if device.startswith("cuda") else "cuda"
-            model = model.to(device=device, dtype=__import__("torch").bfloat16)
-            names = [n for n in names if model.get_submodule(n).in_features % INT4_GROUP_SIZE == 0]
+            model = model.to(device=device, dtype=torch.bfloat16)
+            # tinygemm packs weights in tiles: K a multiple of the group (128), N a multiple of 8.
+            names = [
+                n
+                for n in names
+                if model.get_submodule(n).in_features % INT4_GROUP_SIZE == 0
+                and model.get_submodule(n).out_features % 8 == 0
+            ]
             if not names:
                 raise InvalidArgumentError(
                     f"weight_only_int4 needs Linear layers with an input width divisible by {INT4_GROUP_SIZE}"
@@ -280,8 +290,12 @@ def _torchao_quantize(model: Any, method: str, names: set[str]) -> None:
         config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
     else:
         # tile_packed_to_4d uses torch's own tinygemm kernel (aten._weight_int4pack_mm), no extra packages.
+        from torchao.quantization.quant_api import Int4PackingFormat
+
         config = Int4WeightOnlyConfig(
-            group_size=INT4_GROUP_SIZE, int4_packing_format="tile_packed_to_4d", set_inductor_config=False
+            group_size=INT4_GROUP_SIZE,
+            int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D,
+            set_inductor_config=False,
         )
     quantize_(model, config, filter_fn=lambda _module, fqn: fqn in names)
 
@@ -313,7 +327,7 @@ def _bnb_replace(model: Any, method: str, names: list[str], device: str) -> Any:
                 compute_dtype=torch.bfloat16,
                 quant_type="nf4",
             )
-            new.weight = bnb.nn.Params4bit(old.weight.data, requires_grad=False, quant_type="nf4")
+            new.weight = bnb.nn.Params4bit(old.weight.data, requires_grad=False, quant_type="nf4", module=new)
         if old.bias is not None:
             new.bias = torch.nn.Parameter(old.bias.data.to(torch.bfloat16), requires_grad=False)
         parent_name, _, child = name.rpartition(".")
@@ -527,7 +541,7 @@ def _quantize_onnx(
         quantize_static,
     )
 
-    with tempfile.TemporaryDirectory(prefix="robopt-quant-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="robopt-quant-") as tmp, _quiet_preprocess_advice():
         source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save_model(model, str(source))
         if method == "dynamic_int8":
@@ -562,6 +576,21 @@ def _quantize_onnx(
         quantized = onnx.load(str(target), load_external_data=False)
     step.update(backend="onnxruntime", layers=names)
     return handle.with_step(quantized, step, runtime="onnx", format="onnx", device="cpu")
+
+
+@contextlib.contextmanager
+def _quiet_preprocess_advice() -> Iterator[None]:
+    """ONNX Runtime logs "consider pre-processing" on the root logger for every call; drop just that."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return "pre-processing" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _onnx_fp16(

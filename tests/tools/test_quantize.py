@@ -154,3 +154,21 @@ def test_torchscript_int8_goes_through_onnx() -> None:
     assert _rel_error(forward(q, x), forward(handle, x)) < 0.05
     with pytest.raises(UnsupportedFormatError, match="Python modules"):
         quantize(scripted, "weight_only_int8")
+
+
+def test_bitsandbytes_layer_swap_on_bnb_cpu_backend() -> None:
+    """The bnb module swap itself (the public methods insist on CUDA), run on bitsandbytes' CPU backend."""
+    import copy
+
+    from tools.quantize import _bnb_replace
+
+    handle = mlp_handle()
+    x = synthesize_inputs(handle.inputs, batch_size=8, seed=1)
+    reference = forward(handle, x)
+    names = ["encoder.0", "encoder.2", "head"]
+    for method, ratio, tolerance in (("bnb_int8", 0.30, 0.03), ("bnb_nf4", 0.16, 0.2)):
+        model = _bnb_replace(copy.deepcopy(handle.model), method, names, "cpu")
+        swapped = handle.with_step(model, {"tool": "quantize", "method": method, "backend": "bitsandbytes"})
+        assert type(model.head).__name__ == ("Linear8bitLt" if method == "bnb_int8" else "Linear4bit")
+        assert serialized_size(swapped) <= ratio * serialized_size(handle)
+        assert _rel_error(forward(swapped, x), reference) < tolerance
