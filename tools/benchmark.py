@@ -52,6 +52,11 @@ class BenchmarkResult(BaseModel):
     peak_memory_mb: float
     memory_method: Literal["cuda_max_memory_allocated", "weights_plus_rss_delta"]
     size_bytes: int = Field(description="Bytes of the model saved in its natural format.")
+    size_method: Literal["serialized", "in_memory"] = Field(
+        "serialized",
+        description="serialized: tools.export.serialized_size; in_memory: bytes of the parameters and "
+        "buffers, for weights no serializer handles (sparse semi-structured tensors).",
+    )
     timer: Literal["cuda_events", "perf_counter"]
     num_threads: int | None = Field(None, description="torch intra-op threads during the run (CPU).")
     input_source: Literal["eval_data", "synthesized"]
@@ -89,9 +94,7 @@ def benchmark(
         if device == "cuda":
             device = f"cuda:{torch.cuda.current_device()}"
 
-    from tools.export import serialized_size
-
-    size_bytes = int(serialized_size(handle))
+    size_bytes, size_method = _size(handle)
     runner = _on_device(handle, device)
     inputs, source = _inputs(runner, batch_size)
     call = _prepare(runner, inputs, device)
@@ -133,11 +136,45 @@ def benchmark(
         peak_memory_mb=float(peak_mb),
         memory_method=memory_method,
         size_bytes=size_bytes,
+        size_method=size_method,
         timer=timer,
         num_threads=threads,
         input_source=source,
         versions=library_versions(),
     )
+
+
+def _size(handle: ModelHandle) -> tuple[int, Literal["serialized", "in_memory"]]:
+    from tools.export import serialized_size
+
+    try:
+        return int(serialized_size(handle)), "serialized"
+    except Exception:
+        if handle.runtime != "torch" or not isinstance(handle.model, torch.nn.Module):
+            raise
+    seen: set[int] = set()
+    total = 0
+    for t in [*handle.model.parameters(), *handle.model.buffers()]:
+        total += _tensor_bytes(t, seen)
+    return total, "in_memory"
+
+
+def _tensor_bytes(t: torch.Tensor, seen: set[int]) -> int:
+    """Bytes held by a tensor, through tensor subclasses (their inner tensors), each storage once."""
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if flatten is not None and type(t) not in (torch.Tensor, torch.nn.Parameter):
+        names, _ = flatten()
+        return sum(
+            _tensor_bytes(getattr(t, n), seen) for n in names if isinstance(getattr(t, n), torch.Tensor)
+        )
+    try:
+        key = t.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        key = id(t)
+    if key in seen and key != 0:
+        return 0
+    seen.add(key)
+    return t.numel() * t.element_size()
 
 
 def library_versions() -> dict[str, str]:

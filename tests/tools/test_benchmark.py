@@ -81,3 +81,25 @@ def test_bad_arguments_raise_typed_errors() -> None:
     for kwargs in ({"batch_size": 0}, {"iterations": 0}, {"warmup": -1}, {"num_threads": 0}):
         with pytest.raises(InvalidArgumentError):
             benchmark(handle, **kwargs)
+
+
+def test_size_falls_back_to_in_memory_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tools.export
+    from tools.quantize import quantize
+
+    handle = mlp_handle()
+    quantized = quantize(handle, "weight_only_int8")  # torchao tensor subclasses
+    serialized = benchmark(quantized, warmup=0, iterations=2)
+    assert serialized.size_method == "serialized"
+
+    def refuse(_handle: ModelHandle) -> int:
+        raise RuntimeError("this tensor type cannot be serialized")
+
+    monkeypatch.setattr(tools.export, "serialized_size", refuse)
+    fp32 = benchmark(handle, warmup=0, iterations=2)
+    assert fp32.size_method == "in_memory"
+    assert fp32.size_bytes == 4 * sum(p.numel() for p in handle.model.parameters())
+    int8 = benchmark(quantized, warmup=0, iterations=2)
+    # int8 weights + float scales and biases, counted through the subclass's inner tensors.
+    assert int8.size_bytes == pytest.approx(serialized.size_bytes, rel=0.05)
+    assert int8.size_bytes < 0.3 * fp32.size_bytes
