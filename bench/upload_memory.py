@@ -1,0 +1,194 @@
+"""Upload a 500 MB model to a live server and measure the server's memory while it receives it.
+
+    python bench/upload_memory.py [--size-mb 500] [--max-growth-mb 100]
+
+Starts `python -m api` on a free port with a temporary DATA_DIR, uploads one warm-up file (so that
+first-use imports are not counted), then a `--size-mb` safetensors file (one float32 tensor, a valid
+model file that passes the format checks), sampling the server process's resident memory every
+10 ms. Prints the server's peak RSS growth over its pre-upload level and the throughput, checks the
+stored SHA-256, and exits non-zero when the growth exceeds `--max-growth-mb` (the body must stream
+to disk, never be held in memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PASSWORD = "bench-admin-password"
+MiB = 1024 * 1024
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_safetensors(path: Path, size_bytes: int) -> str:
+    """A safetensors file with one float32 tensor of about `size_bytes`; returns its SHA-256."""
+    elements = size_bytes // 4
+    header = json.dumps({"weight": {"dtype": "F32", "shape": [elements], "data_offsets": [0, elements * 4]}})
+    header_bytes = header.encode().ljust((len(header) + 7) // 8 * 8)  # 8-byte aligned, space padded
+    digest = hashlib.sha256()
+    block = os.urandom(MiB)  # incompressible, so nothing on the way can shortcut it
+    with open(path, "wb") as f:
+        head = struct.pack("<Q", len(header_bytes)) + header_bytes
+        f.write(head)
+        digest.update(head)
+        remaining = elements * 4
+        while remaining:
+            chunk = block[: min(MiB, remaining)]
+            f.write(chunk)
+            digest.update(chunk)
+            remaining -= len(chunk)
+    return digest.hexdigest()
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, interval_s: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.interval_s = interval_s
+        self.peak = self.process.memory_info().rss
+        self.samples = 0
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            try:
+                rss = self.process.memory_info().rss
+            except psutil.Error:
+                return
+            self.peak = max(self.peak, rss)
+            self.samples += 1
+            time.sleep(self.interval_s)
+
+    def stop(self) -> int:
+        self._halt.set()
+        self.join()
+        return self.peak
+
+
+def upload(client: httpx.Client, headers: dict[str, str], path: Path, name: str) -> httpx.Response:
+    with open(path, "rb") as f:
+        return client.post(
+            "/models/upload",
+            headers=headers,
+            files={"file": (path.name, f, "application/octet-stream")},
+            data={"name": name},
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size-mb", type=int, default=500, help="size of the uploaded file in MiB")
+    parser.add_argument("--max-growth-mb", type=float, default=100.0, help="fail above this RSS growth")
+    args = parser.parse_args()
+
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory(prefix="robopt-bench-") as tmp:
+        tmp_path = Path(tmp)
+        data_dir = tmp_path / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE_URL", "DATA_DIR"))}
+        env.update(
+            {
+                "DATA_DIR": str(data_dir),
+                "API_HOST": "127.0.0.1",
+                "API_PORT": str(port),
+                "API_RELOAD": "false",
+                "API_LOG_LEVEL": "warning",
+                "ADMIN_USERNAME": "admin",
+                "ADMIN_PASSWORD": PASSWORD,
+                "ENVIRONMENT": "development",
+                "MAX_UPLOAD_MB": str(args.size_mb + 16),
+                "PYTHONPATH": str(REPO_ROOT),
+            }
+        )
+        print(f"writing a {args.size_mb} MiB safetensors file ...", flush=True)
+        big = tmp_path / "big_model.safetensors"
+        expected_sha = write_safetensors(big, args.size_mb * MiB)
+        small = tmp_path / "warmup.safetensors"
+        write_safetensors(small, MiB)
+        size = big.stat().st_size
+
+        log_path = tmp_path / "server.log"
+        with open(log_path, "wb") as log:
+            server = subprocess.Popen(
+                [sys.executable, "-m", "api"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+            try:
+                deadline = time.monotonic() + 120
+                while True:
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
+                        print("the server did not start", file=sys.stderr)
+                        return 1
+                    try:
+                        if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
+                            break
+                    except httpx.HTTPError:
+                        pass
+                    time.sleep(0.25)
+
+                with httpx.Client(base_url=base_url, timeout=600) as client:
+                    token = client.post("/auth/login", json={"username": "admin", "password": PASSWORD})
+                    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+                    warm = upload(client, headers, small, "warm-up")
+                    assert warm.status_code == 200, warm.text
+
+                    baseline = psutil.Process(server.pid).memory_info().rss
+                    sampler = RssSampler(server.pid)
+                    sampler.start()
+                    started = time.perf_counter()
+                    r = upload(client, headers, big, "500 MB model")
+                    elapsed = time.perf_counter() - started
+                    peak = sampler.stop()
+
+                if r.status_code != 200:
+                    print(f"upload failed: {r.status_code} {r.text[:500]}", file=sys.stderr)
+                    return 1
+                body = r.json()
+                leftovers = [p for p in (data_dir / "uploads").iterdir()]
+            finally:
+                server.send_signal(signal.SIGTERM)
+                try:
+                    server.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+
+    growth_mb = (peak - baseline) / MiB
+    throughput = size / MiB / elapsed
+    print(f"file size:            {size / MiB:.1f} MiB ({size} bytes)")
+    print(f"upload time:          {elapsed:.2f} s")
+    print(f"throughput:           {throughput:.1f} MiB/s")
+    print(f"server RSS before:    {baseline / MiB:.1f} MiB")
+    print(f"server RSS peak:      {peak / MiB:.1f} MiB ({sampler.samples} samples)")
+    print(f"peak RSS growth:      {growth_mb:.1f} MiB (limit {args.max_growth_mb:.0f} MiB)")
+    print(f"sha256 matches:       {body['sha256'] == expected_sha}")
+    print(f"temporary files left: {len(leftovers)}")
+    ok = growth_mb <= args.max_growth_mb and body["sha256"] == expected_sha and not leftovers
+    print("RESULT: " + ("memory stayed flat" if ok else "FAILED"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
