@@ -23,10 +23,11 @@ import io
 import json
 import math
 import pickletools
+import re
 import struct
 import zipfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -287,9 +288,13 @@ class _PickleScan:
 
 
 def _scan_pickle_bytes(data: bytes, *, what: str, torchscript: bool = False, count: int = 1) -> int:
-    """Scan `count` consecutive pickles; raise UnsafeModelError on any code. Returns bytes read."""
+    """Scan `count` consecutive pickles in `data`; raise UnsafeModelError on any code."""
+    return _scan_pickle_stream(io.BytesIO(data), what=what, torchscript=torchscript, count=count)
+
+
+def _scan_pickle_stream(stream: IO[bytes], *, what: str, torchscript: bool = False, count: int = 1) -> int:
+    """Scan `count` consecutive pickles read from `stream` (never loaded whole); return bytes read."""
     scan = _PickleScan()
-    stream = io.BytesIO(data)
     try:
         for _ in range(count):
             scan.scan(stream)
@@ -317,41 +322,45 @@ def _scan_pickle_bytes(data: bytes, *, what: str, torchscript: bool = False, cou
     return stream.tell()
 
 
+# torch.save stores each tensor storage raw as `<archive>/data/<key>`: never a pickle, skipped unread.
+_RAW_STORAGE = re.compile(r"(^|/)data/\d+$")
+
+
 def _scan_torch_zip(archive: zipfile.ZipFile, *, what: str, torchscript: bool) -> int:
-    """Scan every pickle in a torch zip archive (and nested torch.save archives); return how many."""
+    """Scan every pickle in a torch zip archive (and nested torch.save archives); return how many.
+
+    Entries are streamed, so a large archive is checked without reading its tensors into memory.
+    """
     count = 0
-    for info in archive.infolist():
-        if info.is_dir():
-            continue
-        name = info.filename
-        is_pickle_name = name.endswith(".pkl") or name.endswith(".debug_pkl")
-        try:
+    try:
+        for info in archive.infolist():
+            name = info.filename
+            if info.is_dir() or _RAW_STORAGE.search(name):
+                continue
+            is_pickle_name = name.endswith(".pkl") or name.endswith(".debug_pkl")
             with archive.open(info) as fh:
                 head = fh.read(4)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            raise InvalidModelError(f"{what} is corrupt or truncated ({name}): {exc}") from exc
-        if head.startswith(_ZIP_MAGIC) or is_pickle_name or head[:2] in _PICKLE_PROTOCOLS:
-            try:
-                data = archive.read(info)
-            except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                raise InvalidModelError(f"{what} is corrupt or truncated ({name}): {exc}") from exc
-            if data.startswith(_ZIP_MAGIC):
-                try:
-                    with zipfile.ZipFile(io.BytesIO(data)) as nested:
-                        count += _scan_torch_zip(nested, what=f"{what} ({name})", torchscript=torchscript)
-                except zipfile.BadZipFile as exc:
-                    raise InvalidModelError(f"{what} holds a corrupt nested archive {name}") from exc
-            elif is_pickle_name or data[:2] in _PICKLE_PROTOCOLS:
-                if is_pickle_name or _looks_like_pickle(data):
-                    _scan_pickle_bytes(data, what=f"{what} ({name})", torchscript=torchscript)
-                    count += 1
+            where = f"{what} ({name})"
+            if head.startswith(_ZIP_MAGIC):
+                with archive.open(info) as fh, zipfile.ZipFile(fh) as nested:
+                    count += _scan_torch_zip(nested, what=where, torchscript=torchscript)
+            elif is_pickle_name or head[:2] in _PICKLE_PROTOCOLS:
+                if not is_pickle_name:
+                    with archive.open(info) as fh:
+                        if not _looks_like_pickle(fh):
+                            continue  # raw tensor bytes that happen to start like a pickle
+                with archive.open(info) as fh:
+                    _scan_pickle_stream(fh, what=where, torchscript=torchscript)
+                count += 1
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+        raise InvalidModelError(f"{what} is corrupt or truncated: {exc}") from exc
     return count
 
 
-def _looks_like_pickle(data: bytes) -> bool:
+def _looks_like_pickle(stream: IO[bytes]) -> bool:
     """A raw tensor payload may start with 0x80 by chance; a pickle parses and ends in STOP."""
     try:
-        for op, _arg, _pos in pickletools.genops(io.BytesIO(data)):
+        for op, _arg, _pos in pickletools.genops(stream):
             if op.name == "STOP":
                 return True
     except Exception:  # noqa: BLE001 - any parse failure means "not a pickle"
@@ -457,11 +466,11 @@ def _validate_torch(path: Path, ext: str, size: int, head: bytes) -> FormatRepor
             return _load_torchscript_report(path, ext, size, pickles)
         return _load_state_dict_report(path, ext, size, {"container": "zip", "pickles": pickles})
     if kind == "pickle":
-        data = path.read_bytes()
         # torch's legacy format is five pickles (magic, protocol, sys info, object, storage keys), then raw
         # storage bytes; a plain pickle is one.
-        is_torch = data.startswith(_TORCH_LEGACY_MAGIC)
-        _scan_pickle_bytes(data, what="the model file", count=5 if is_torch else 1)
+        is_torch = _read_head(path, len(_TORCH_LEGACY_MAGIC)) == _TORCH_LEGACY_MAGIC
+        with path.open("rb") as fh:
+            _scan_pickle_stream(fh, what="the model file", count=5 if is_torch else 1)
         if not is_torch:
             raise InvalidModelError(
                 "the file is a plain Python pickle, not a torch.save file; save the weights with "
@@ -503,7 +512,9 @@ def _load_state_dict_report(path: Path, ext: str, size: int, details: dict[str, 
     import torch
 
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        # mmap: a large zip checkpoint is inspected without reading its tensors into memory.
+        mmap = details.get("container") == "zip"
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         # The opcode scan passed, yet the weights-only unpickler refused: still refuse, never retry unsafely.
         raise UnsafeModelError(f"the file needs code to load and was not unpickled: {exc}") from exc

@@ -317,6 +317,7 @@ def _bnb_replace(model: Any, method: str, names: list[str], device: str) -> Any:
                 bias=old.bias is not None,
                 has_fp16_weights=False,
                 threshold=6.0,
+                device="meta",  # no throwaway random init: the real weights are assigned next
             )
             new.weight = bnb.nn.Int8Params(old.weight.data.to(torch.float16), requires_grad=False)
         else:
@@ -326,6 +327,7 @@ def _bnb_replace(model: Any, method: str, names: list[str], device: str) -> Any:
                 bias=old.bias is not None,
                 compute_dtype=torch.bfloat16,
                 quant_type="nf4",
+                device="meta",
             )
             new.weight = bnb.nn.Params4bit(old.weight.data, requires_grad=False, quant_type="nf4", module=new)
         if old.bias is not None:
