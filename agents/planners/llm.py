@@ -109,7 +109,7 @@ def _validated(name: str, raw: str, view: PlannerView) -> ToolCall:
         raise InvalidCall(f"invalid arguments for '{name}': {loc}: {first.get('msg', 'invalid')}") from err
     except Exception as err:  # UnknownToolError and friends
         raise InvalidCall(f"{type(err).__name__}: {getattr(err, 'message', None) or err}") from err
-    call = ToolCall(tool=name, arguments=model.model_dump(mode="json", exclude_none=True))
+    call = ToolCall(tool=name, arguments=model.model_dump(mode="json", exclude_unset=True))
     problem = check_allowed(call, view)
     if problem:
         raise InvalidCall(problem)
