@@ -48,7 +48,7 @@ async def test_llm_planner_drives_a_session_to_measured_gains(
     llm = ScriptedLLM(
         [
             tool(
-                "The profile shows Linear layers hold all weights and the device is a CPU: dynamic int8 first.",
+                "Linear layers hold all weights and the device is a CPU: dynamic int8 first.",
                 "quantize",
                 {"method": "dynamic_int8"},
             ),
