@@ -270,8 +270,11 @@ def _prepare(handle: ModelHandle, inputs: dict[str, np.ndarray], device: str) ->
 def _time_cpu(call: Any, warmup: int, iterations: int) -> tuple[list[float], int]:
     import psutil
 
-    # The baseline is taken before warm-up: the first passes are where activation buffers and
-    # allocator pools grow, and that growth is part of what running the model costs.
+    # One untimed pass first, so one-time process costs (thread pools, kernel caches, lazy imports)
+    # are not charged to whichever model happens to be benchmarked first. The baseline is taken
+    # before the warm-up: activation buffers and allocator pools grow in the first passes, and that
+    # growth is part of what running the model costs.
+    call()
     proc = psutil.Process()
     base = proc.memory_info().rss
     peak = [base]
