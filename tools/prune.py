@@ -116,8 +116,10 @@ def _weight_targets(
     exported programs) every floating `*weight` parameter of rank >= 2.
     """
     targets: list[tuple[str, nn.Module | None, str, torch.Tensor]] = []
-    is_script = isinstance(model, torch.jit.ScriptModule)
-    if not is_script:
+    has_modules = not isinstance(model, torch.jit.ScriptModule) and any(
+        isinstance(m, _PRUNABLE) for m in model.modules()
+    )
+    if has_modules:
         for name, module in model.named_modules():
             if isinstance(module, _PRUNABLE) and isinstance(module.weight, torch.Tensor):
                 w = module.weight
@@ -127,7 +129,7 @@ def _weight_targets(
                     and _selected(name, include, exclude)
                 ):
                     targets.append((name, module, "weight", w))
-    if not targets:
+    else:
         for pname, p in model.named_parameters():
             if type(p) not in (torch.Tensor, nn.Parameter):  # quantized tensor subclasses (torchao)
                 continue
