@@ -205,3 +205,16 @@ def test_quantized_and_exported_programs(tmp_path: Path) -> None:
     assert sparsity_of(pruned) >= 0.49 and sparsity_of(exported) < 0.01
     with pytest.raises(UnsupportedFormatError, match=r"\.pt2"):
         prune(exported, "structured", 0.5)
+
+
+def test_two_four_mask_keeps_the_two_largest_of_every_four() -> None:
+    from tools.prune import _two_four_mask
+
+    w = torch.randn(64, 128)
+    mask = _two_four_mask(w)
+    groups = mask.reshape(64, 32, 4)
+    assert torch.all(groups.sum(-1) == 2)
+    kept = (w.abs() * mask).reshape(64, 32, 4)
+    dropped = (w.abs() * (1 - mask)).reshape(64, 32, 4)
+    assert torch.all(kept.max(-1).values >= dropped.max(-1).values)
+    assert torch.all(kept.sum(-1) >= dropped.sum(-1))
