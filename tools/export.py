@@ -36,7 +36,14 @@ def export(handle: ModelHandle, fmt: str, path: Path | str) -> Path:
     if fmt == "onnx":
         import onnx
 
+        from tools.loading import TORCHSCRIPT_META
+
         model = to_onnx_model(handle)
+        # The signature (with integer ranges ONNX cannot state) travels in the model's metadata.
+        for prop in list(model.metadata_props):
+            if prop.key == TORCHSCRIPT_META:
+                model.metadata_props.remove(prop)
+        model.metadata_props.add(key=TORCHSCRIPT_META, value=_meta_json(handle))
         if model.ByteSize() > _PROTOBUF_LIMIT:
             raise UnsupportedFormatError(
                 "the model is over 2 GiB, more than a single-file ONNX model can hold (no external data)"

@@ -49,7 +49,7 @@ def load_model(
         import onnx
 
         model: Any = onnx.load(str(path), load_external_data=False)
-        runtime, specs = "onnx", onnx_input_specs(model)
+        runtime, specs = "onnx", _merge_saved(onnx_input_specs(model), _onnx_saved_meta(model), names=False)
     elif report.format == "torchscript":
         model, specs = _load_torchscript(path, device)
         runtime = "torch"
@@ -144,6 +144,23 @@ def _load_torchscript(path: Path, device: str) -> tuple[Any, list[InputSpec]]:
     return module, _saved_specs(extra[TORCHSCRIPT_META])
 
 
+def _merge_saved(specs: list[InputSpec], saved: list[InputSpec], *, names: bool = True) -> list[InputSpec]:
+    """Our own exports store the signature: keep its names and ranges, the file's shapes and dtypes."""
+    if len(saved) != len(specs):
+        return specs
+    return [
+        s.model_copy(update={"low": m.low, "high": m.high, **({"name": m.name} if names else {})})
+        for s, m in zip(specs, saved, strict=True)
+    ]
+
+
+def _onnx_saved_meta(model: Any) -> list[InputSpec]:
+    for prop in model.metadata_props:
+        if prop.key == TORCHSCRIPT_META:
+            return _saved_specs(prop.value)
+    return []
+
+
 def _saved_specs(text: str | bytes) -> list[InputSpec]:
     """The input signature tools.export stores beside the model (empty when absent)."""
     if not text:
@@ -173,13 +190,7 @@ def _load_pt2(path: Path, device: str) -> tuple[Any, list[InputSpec]]:
             raise InvalidModelError(f"the exported program's input '{node.name}' is not a tensor")
         shape = [int(d) if isinstance(d, int) else None for d in val.shape]
         specs.append(InputSpec(name=node.name, shape=shape, dtype=_torch_dtype_name(val.dtype)))
-    saved = _saved_specs(extra[TORCHSCRIPT_META])
-    if len(saved) == len(specs):
-        # Our own export stores the signature: keep its names and ranges, the program's shapes and dtypes.
-        specs = [
-            s.model_copy(update={"name": m.name, "low": m.low, "high": m.high})
-            for s, m in zip(specs, saved, strict=True)
-        ]
+    specs = _merge_saved(specs, _saved_specs(extra[TORCHSCRIPT_META]))
     module = program.module()
     if device != "cpu":
         module = module.to(device)
