@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -21,8 +23,11 @@ from typing import IO
 from fastapi import Request
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import ClientDisconnect
 
 from api.errors import ApiError
+
+log = logging.getLogger("robopt.uploads")
 
 FLUSH_BYTES = 1 << 20  # write and hash in 1 MiB blocks, off the event loop
 MAX_FIELD_BYTES = 64 * 1024  # name, description, architecture JSON
@@ -174,6 +179,17 @@ class _PartCollector:
         self.ended = True
 
 
+async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in request.stream():
+            yield chunk
+    except ClientDisconnect:
+        log.info("client disconnected during an upload; the partial file is removed")
+        raise ApiError(
+            400, "client_disconnected", "The client disconnected before the upload finished"
+        ) from None
+
+
 def _write_block(f: IO[bytes], digest: hashlib._Hash, block: bytes) -> None:
     f.write(block)
     digest.update(block)
@@ -219,7 +235,7 @@ async def receive_upload(
     path, handle = _open_private(tmp_dir)
     received = 0
     try:
-        async for chunk in request.stream():
+        async for chunk in _body_chunks(request):
             if not chunk:
                 continue
             received += len(chunk)

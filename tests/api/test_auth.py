@@ -302,3 +302,22 @@ async def test_default_admin_password_warns_in_development(
                 r = await c.post("/auth/login", json={"username": "admin", "password": "admin"})
                 assert r.status_code == 200
     assert any("default password" in rec.getMessage() for rec in caplog.records)
+
+
+def test_cli_refuses_to_serve_in_production_with_defaults(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    from api import cli
+    from state.settings import get_settings
+
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    monkeypatch.setenv("DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("JWT_SECRET_KEY", raising=False)
+    monkeypatch.delenv("ADMIN_PASSWORD", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["serve"]) == 2  # returns before uvicorn starts
+    finally:
+        get_settings.cache_clear()
+    err = capsys.readouterr().err
+    assert "JWT_SECRET_KEY" in err and "ADMIN_PASSWORD" in err
