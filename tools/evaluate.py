@@ -4,7 +4,8 @@ Which metric (`EvalResult.metric`):
 - With targets (the task metric, evaluated for candidate and reference on the same data):
   - `accuracy`: integer class targets [N] and logits [N, C]: arg-max accuracy.
   - `action_token_accuracy`: integer bin targets [N, D] and logits [N, D, bins]: the fraction of
-    action tokens (all samples, all D dimensions) whose arg-max bin is the target bin.
+    action tokens (all samples, all D dimensions) whose arg-max bin is the target bin. Continuous
+    action targets in [-1, 1] (floats) are first put in the same uniform bins.
   - `within_tolerance`: float targets shaped like the output (regression, e.g. continuous
     actions): the fraction of samples whose error, in units of each target dimension's standard
     deviation, has an RMS over dimensions of at most `tolerance` (default 0.25, a quarter of a
@@ -205,6 +206,18 @@ def _integral(t: np.ndarray) -> bool:
 def _task_metric(
     cand: np.ndarray, ref: np.ndarray, targets: np.ndarray, kind: OutputKind, tolerance: float
 ) -> tuple[Any, float, float, float | None, float | None]:
+    if (
+        kind == "action_tokens"
+        and targets.ndim == cand.ndim - 1
+        and np.issubdtype(targets.dtype, np.floating)
+        and (not _integral(targets) or float(targets.min(initial=0.0)) < 0.0)
+    ):
+        # Continuous actions in [-1, 1]: score them in the model's own bins (OpenVLA's tokenizer).
+        import torch
+
+        from tools.architectures import actions_to_bins
+
+        targets = actions_to_bins(torch.from_numpy(targets.astype(np.float32)), cand.shape[-1]).numpy()
     if kind in ("logits", "action_tokens") and _integral(targets) and targets.ndim == cand.ndim - 1:
         labels = targets.astype(np.int64)
         if labels.shape != cand.shape[:-1]:

@@ -71,6 +71,10 @@ def test_vla_action_token_accuracy() -> None:
     assert same.value == 1.0 and same.accuracy_retained == 1.0
     pruned = evaluate(prune(reference, "structured", 0.9), reference=reference, data=data, batch_size=12)
     assert pruned.accuracy_retained < 0.9
+    # Continuous actions in [-1, 1] are scored in the same 256 bins (bin centres map back exactly).
+    actions = ((bins + 0.5) / 256 * 2 - 1).astype(np.float32)
+    continuous = evaluate(reference.clone(), reference=reference, data=EvalData(inputs=x, targets=actions))
+    assert continuous.metric == "action_token_accuracy" and continuous.value == 1.0
 
 
 def test_regression_within_tolerance_and_fidelity() -> None:
