@@ -7,7 +7,10 @@ synthesized from its signature with a fixed seed. Input conversion happens once,
 timed loop.
 
 Peak memory:
-- CUDA: `torch.cuda.max_memory_allocated` over the timed run (weights + activations + workspace).
+- CUDA: the model's own weights on the device plus the peak growth of
+  `torch.cuda.max_memory_allocated` over warm-up and timed run (activations, workspace), so other
+  models resident on the same GPU are not counted. (ONNX Runtime's CUDA memory is invisible to
+  torch: ONNX models on CUDA report their weights only.)
 - CPU: the weights' size (the serialized size, which is what a process holds once loaded) plus the
   peak growth of the process's resident set during the timed run, sampled by a thread; Python's
   tracemalloc does not see torch's or ONNX Runtime's allocations.
@@ -50,7 +53,7 @@ class BenchmarkResult(BaseModel):
     std_ms: float
     throughput_per_s: float = Field(description="Samples per second at this batch size (batch_size / mean).")
     peak_memory_mb: float
-    memory_method: Literal["cuda_max_memory_allocated", "weights_plus_rss_delta"]
+    memory_method: Literal["cuda_weights_plus_peak_delta", "weights_plus_rss_delta", "weights_only"]
     size_bytes: int = Field(description="Bytes of the model saved in its natural format.")
     size_method: Literal["serialized", "in_memory"] = Field(
         "serialized",
@@ -104,9 +107,12 @@ def benchmark(
         torch.set_num_threads(num_threads)
     try:
         if device.startswith("cuda"):
-            times, peak = _time_cuda(call, warmup, iterations, torch.device(device))
-            memory_method: Any = "cuda_max_memory_allocated"
-            peak_mb = peak / 2**20
+            times, growth = _time_cuda(call, warmup, iterations, torch.device(device))
+            if runner.runtime == "torch" and isinstance(runner.model, torch.nn.Module):
+                memory_method: Any = "cuda_weights_plus_peak_delta"
+                peak_mb = (_module_bytes(runner.model) + growth) / 2**20
+            else:
+                memory_method, peak_mb = "weights_only", size_bytes / 2**20
             timer: Any = "cuda_events"
         else:
             times, rss_delta = _time_cpu(call, warmup, iterations)
@@ -152,11 +158,12 @@ def _size(handle: ModelHandle) -> tuple[int, Literal["serialized", "in_memory"]]
     except Exception:
         if handle.runtime != "torch" or not isinstance(handle.model, torch.nn.Module):
             raise
+    return _module_bytes(handle.model), "in_memory"
+
+
+def _module_bytes(model: torch.nn.Module) -> int:
     seen: set[int] = set()
-    total = 0
-    for t in [*handle.model.parameters(), *handle.model.buffers()]:
-        total += _tensor_bytes(t, seen)
-    return total, "in_memory"
+    return sum(_tensor_bytes(t, seen) for t in [*model.parameters(), *model.buffers()])
 
 
 def _tensor_bytes(t: torch.Tensor, seen: set[int]) -> int:
@@ -303,10 +310,14 @@ def _time_cpu(call: Any, warmup: int, iterations: int) -> tuple[list[float], int
 
 
 def _time_cuda(call: Any, warmup: int, iterations: int, device: torch.device) -> tuple[list[float], int]:
+    """Per-iteration CUDA-event times, and the peak allocation growth above what was resident before."""
+    torch.cuda.synchronize(device)
+    call()  # untimed first pass: lazy kernel loading and cuBLAS workspaces are one-time costs
+    torch.cuda.synchronize(device)
+    resident = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
     for _ in range(warmup):
         call()
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(iterations)]
     for i in range(iterations):
@@ -315,4 +326,4 @@ def _time_cuda(call: Any, warmup: int, iterations: int, device: torch.device) ->
         ends[i].record()
     torch.cuda.synchronize(device)
     times = [s.elapsed_time(e) for s, e in zip(starts, ends, strict=True)]
-    return times, int(torch.cuda.max_memory_allocated(device))
+    return times, max(0, int(torch.cuda.max_memory_allocated(device)) - resident)
