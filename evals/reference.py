@@ -233,9 +233,9 @@ def _train_digits(ref: ArchitectureRef, seed: int):  # noqa: ANN202
         model,
         [torch.from_numpy(x_tr), torch.from_numpy(y_tr)],
         classification_loss,
-        steps=1200,
+        steps=500,
         batch_size=64,
-        lr=2e-3,
+        lr=3e-3,
         seed=seed,
     )
     acc = float((predict(model, [x_te]).argmax(-1) == y_te).mean())
@@ -276,7 +276,7 @@ REFERENCES: dict[str, ReferenceSpec] = {
     "digits-cnn": ReferenceSpec(
         name="digits-cnn",
         description="cnn_classifier (conv 16-32, fc 128) on scikit-learn digits",
-        architecture=ArchitectureRef(name="cnn_classifier", config={"channels": [32, 64], "hidden": 128}),
+        architecture=ArchitectureRef(name="cnn_classifier", config={"channels": [16, 32], "hidden": 128}),
         task="digits",
         train=_train_digits,
     ),
