@@ -56,3 +56,33 @@ def test_table_reports_each_method_and_its_error() -> None:
     lines = table.splitlines()
     assert lines[3].startswith("| bf16 | 96.0 | 1.00 | 0.500 |")
     assert lines[4].startswith("| bnb_nf4 | - |") and "DependencyMissingError: no kernels" in lines[4]
+
+
+def test_orchestration_on_cpu_times_round_robin_and_isolates_failures(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The script's run() on CPU with a small model: CPU methods measured, GPU-only ones fail in their row."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
+    small = {"name": "mlp_policy", "config": {"obs_dim": 64, "act_dim": 8, "hidden": [128, 128]}}
+    monkeypatch.setitem(gpu_check.MODELS, "linear", small)
+    methods = ["fp32", "bf16", "fp16", "bnb_nf4", "semi_structured_2_4"]
+    rows = {r["method"]: r for r in gpu_check.run("linear", methods, 1, 1, 5, 16, rounds=2)}
+    assert list(rows) == methods
+    for method in ("fp32", "bf16", "fp16"):
+        row = rows[method]
+        assert "error" not in row, row.get("traceback")
+        assert len(row["p50_rounds"]) == 2 and row["p50_ms"] > 0
+        assert row["cosine"] > 0.99 and row["relative_error"] < 0.02
+    assert rows["bf16"]["speedup_vs_bf16"] == 1.0 and rows["bf16"]["size_vs_bf16"] == 1.0
+    assert rows["fp32"]["size_vs_bf16"] == pytest.approx(2.0, rel=0.05)
+    if not torch.cuda.is_available():
+        for method in ("bnb_nf4", "semi_structured_2_4"):
+            assert rows[method]["error"].startswith("UnsupportedDeviceError")
+            assert "p50_ms" not in rows[method]
+    table = gpu_check.format_table(list(rows.values()), "linear", 1)
+    assert len(table.splitlines()) == 3 + len(methods)
