@@ -152,8 +152,9 @@ def _quantization_backend(handle: ModelHandle) -> str | None:
     import torch
 
     for step in handle.recipe:
-        if step.get("tool") == "quantize" and step.get("backend") in ("torch.ao", "torchao", "bitsandbytes"):
-            return str(step["backend"])
+        used = (step.get("result") or {}).get("backend")
+        if step.get("tool") == "quantize" and used in ("torch.ao", "torchao", "bitsandbytes"):
+            return str(used)
     if isinstance(handle.model, torch.nn.Module):
         for module in handle.model.modules():
             if type(module).__module__.startswith(("torch.ao.nn.quantized", "bitsandbytes")):

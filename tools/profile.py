@@ -207,7 +207,7 @@ def _torch_flops(handle: ModelHandle, notes: list[str]) -> int | None:
     except Exception as exc:  # noqa: BLE001 - a profile without FLOPs is still useful
         notes.append(f"FLOPs not counted: {str(exc)[:200]}")
         return None
-    if any(step.get("backend") == "torch.ao" for step in handle.recipe if step.get("tool") == "quantize"):
+    if any((step.get("result") or {}).get("backend") == "torch.ao" for step in handle.recipe):
         notes.append("FLOPs exclude int8 kernels that the counter does not see (torch.ao quantized layers)")
     return flops
 

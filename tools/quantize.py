@@ -62,6 +62,7 @@ METHODS: tuple[str, ...] = (
     "static_int8",
 )
 GPU_ONLY = ("weight_only_int4", "bnb_int8", "bnb_nf4")
+BACKENDS = ("auto", "torch", "onnxruntime")
 INT4_GROUP_SIZE = 128
 
 # Default layer types per method (torch module class names).
@@ -95,12 +96,23 @@ def quantize(
     layer_types: list[str] | None = None,
     calibration_samples: int = 64,
     seed: int = 0,
+    backend: str = "auto",
 ) -> ModelHandle:
-    """A new handle with `method` applied to the selected layers; `handle` is left untouched."""
+    """A new handle with `method` applied to the selected layers; `handle` is left untouched.
+
+    The recipe step holds the arguments (replayable as `quantize(h, **step minus tool/result)`) and a
+    `result` dict: the library used, the layers quantized, whether the model went through ONNX.
+    `backend` only matters for dynamic_int8 of a torch model on CPU: "auto" exports it to ONNX and
+    uses ONNX Runtime's int8 kernels (measured 1.4x faster than ONNX fp32 and 3-7x faster than torch
+    eager at batch 1 on the test MLP, where torch.ao's int8 was slower than fp32); "torch" keeps a
+    torch module (torch.ao quantize_dynamic).
+    """
     if method not in METHODS:
         raise UnknownMethodError(
             f"unknown quantization method '{method}'; choose one of {', '.join(METHODS)}"
         )
+    if backend not in BACKENDS:
+        raise InvalidArgumentError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     if calibration_samples < 1:
         raise InvalidArgumentError(f"calibration_samples must be at least 1, got {calibration_samples}")
     step: dict[str, Any] = {
@@ -111,10 +123,13 @@ def quantize(
         "layer_types": list(layer_types) if layer_types else None,
         "seed": seed,
     }
+    if backend != "auto":
+        step["backend"] = backend
     if method == "static_int8":
         step["calibration_samples"] = calibration_samples
     if method in GPU_ONLY:
         _require_cuda(method)
+    step["result"] = {}
 
     import torch
 
@@ -123,13 +138,15 @@ def quantize(
     if handle.runtime == "onnx":
         return _quantize_onnx(handle, method, include, exclude, layer_types, calibration_samples, seed, step)
     if _is_module_tree(handle.model):
-        return _quantize_torch(handle, method, include, exclude, layer_types, calibration_samples, seed, step)
+        return _quantize_torch(
+            handle, method, include, exclude, layer_types, calibration_samples, seed, step, backend
+        )
     # TorchScript and torch.export modules hold no swappable nn.Linear: go through ONNX for int8.
     if method in ("fp16", "bf16"):
         return _cast_whole(handle, method, include, exclude, layer_types, step)
     if method in ("dynamic_int8", "static_int8"):
         onnx_handle = _as_onnx_handle(handle)
-        step["exported_to_onnx"] = True
+        step["result"]["exported_to_onnx"] = True
         return _quantize_onnx(
             onnx_handle, method, include, exclude, layer_types, calibration_samples, seed, step
         )
@@ -210,12 +227,25 @@ def _quantize_torch(
     calibration_samples: int,
     seed: int,
     step: dict[str, Any],
+    backend: str = "auto",
 ) -> ModelHandle:
     import torch
 
+    on_cpu = not handle.device.startswith("cuda")
+    if method == "dynamic_int8" and on_cpu and backend != "torch":
+        try:
+            onnx_handle = _as_onnx_handle(handle)
+        except UnsupportedFormatError:
+            if backend == "onnxruntime":
+                raise
+        else:
+            step["result"]["exported_to_onnx"] = True
+            return _quantize_onnx(
+                onnx_handle, method, include, exclude, layer_types, calibration_samples, seed, step
+            )
     if method == "static_int8":
         onnx_handle = _as_onnx_handle(handle)
-        step["exported_to_onnx"] = True
+        step["result"]["exported_to_onnx"] = True
         return _quantize_onnx(
             onnx_handle, method, include, exclude, layer_types, calibration_samples, seed, step
         )
@@ -258,7 +288,7 @@ def _quantize_torch(
         device = device if device.startswith("cuda") else "cuda"
         model = _bnb_replace(model, method, names, device)
         backend = "bitsandbytes"
-    step.update(backend=backend, layers=names)
+    step["result"].update(backend=backend, layers=names)
     return handle.with_step(model, step, device=device)
 
 
@@ -354,7 +384,7 @@ def _cast_whole(
     partial = bool(include or exclude or layer_types) and _is_module_tree(model)
     if not partial:
         model = model.to(dtype)
-        step.update(backend="torch", layers="all")
+        step["result"].update(backend="torch", layers="all")
         return handle.with_step(model, step)
     leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
     chosen = {
@@ -371,7 +401,7 @@ def _cast_whole(
     for _name, module in leaves:
         module.register_forward_pre_hook(_cast_inputs_hook)
     model.register_forward_hook(_cast_output_hook(dtype))
-    step.update(backend="torch", layers=sorted(chosen))
+    step["result"].update(backend="torch", layers=sorted(chosen))
     return handle.with_step(model, step)
 
 
@@ -574,9 +604,9 @@ def _quantize_onnx(
                 calibrate_method=CalibrationMethod.MinMax,
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
-            step["calibration_source"] = reader.source
+            step["result"]["calibration_source"] = reader.source
         quantized = onnx.load(str(target), load_external_data=False)
-    step.update(backend="onnxruntime", layers=names)
+    step["result"].update(backend="onnxruntime", layers=names)
     return handle.with_step(quantized, step, runtime="onnx", format="onnx", device="cpu")
 
 
@@ -619,7 +649,9 @@ def _onnx_fp16(
             _no_layers("fp16", layer_types or ["any"], include, exclude)
     # keep_io_types: callers keep feeding float32 and get float32 back.
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked or None)
-    step.update(backend="onnxruntime", layers="all" if not blocked else f"all but {len(blocked)} nodes")
+    step["result"].update(
+        backend="onnxruntime", layers="all" if not blocked else f"all but {len(blocked)} nodes"
+    )
     return handle.with_step(converted, step)
 
 

@@ -40,7 +40,7 @@ def mlp_onnx() -> ModelHandle:
 @pytest.mark.parametrize(
     ("method", "ratio", "tolerance", "backend"),
     [
-        ("dynamic_int8", 0.30, 0.05, "torch.ao"),
+        ("dynamic_int8", 0.30, 0.05, "onnxruntime"),
         ("weight_only_int8", 0.30, 0.02, "torchao"),
         ("static_int8", 0.30, 0.06, "onnxruntime"),
         ("fp16", 0.51, 0.002, "torch"),
@@ -58,7 +58,7 @@ def test_torch_quantization_shrinks_and_stays_close(
     assert serialized_size(quantized) <= ratio * serialized_size(handle)
     assert _rel_error(forward(quantized, x), reference) < tolerance
     assert quantized.recipe[-1]["tool"] == "quantize" and quantized.recipe[-1]["method"] == method
-    assert quantized.recipe[-1]["backend"] == backend
+    assert quantized.recipe[-1]["result"]["backend"] == backend
     assert_same_weights(before, weights_snapshot(handle))
     assert handle.recipe == [] and handle.runtime == "torch"
 
@@ -87,18 +87,18 @@ def test_onnx_quantization_shrinks_and_stays_close(
 
 def test_include_exclude_keep_layers_in_full_precision(mlp_onnx: ModelHandle) -> None:
     handle = mlp_handle()
-    q = quantize(handle, "dynamic_int8", exclude=["head"])
-    assert q.recipe[-1]["layers"] == ["encoder.0", "encoder.2"]
+    q = quantize(handle, "dynamic_int8", exclude=["head"], backend="torch")
+    assert q.recipe[-1]["result"]["layers"] == ["encoder.0", "encoder.2"]
     assert isinstance(q.model.head, torch.nn.Linear) and type(q.model.head).__module__.startswith("torch.nn")
     assert not type(q.model.encoder[0]).__module__.startswith("torch.nn.modules")
     only = quantize(handle, "weight_only_int8", include=["encoder.2"])
-    assert only.recipe[-1]["layers"] == ["encoder.2"]
+    assert only.recipe[-1]["result"]["layers"] == ["encoder.2"]
     assert type(only.model.encoder[0].weight.data) is torch.Tensor
     assert type(only.model.encoder[2].weight.data) is not torch.Tensor
     q_onnx = quantize(mlp_onnx, "dynamic_int8", exclude=["*head*"])
     assert (
-        all("head" not in name for name in q_onnx.recipe[-1]["layers"])
-        and len(q_onnx.recipe[-1]["layers"]) == 2
+        all("head" not in name for name in q_onnx.recipe[-1]["result"]["layers"])
+        and len(q_onnx.recipe[-1]["result"]["layers"]) == 2
     )
     partial = quantize(handle, "fp16", exclude=["head"])
     assert (
@@ -115,8 +115,14 @@ def test_cnn_static_int8_calibrates_on_eval_data() -> None:
     handle = cnn_handle()
     handle.eval_data = EvalData(inputs=synthesize_inputs(handle.inputs, batch_size=24, seed=5))
     q = quantize(handle, "static_int8", calibration_samples=16, layer_types=["Conv2d"])
-    assert q.recipe[-1]["calibration_source"] == "eval_data" and q.recipe[-1]["exported_to_onnx"]
-    assert all(name.endswith("Conv") for name in q.recipe[-1]["layers"]) and len(q.recipe[-1]["layers"]) == 2
+    assert (
+        q.recipe[-1]["result"]["calibration_source"] == "eval_data"
+        and q.recipe[-1]["result"]["exported_to_onnx"]
+    )
+    assert (
+        all(name.endswith("Conv") for name in q.recipe[-1]["result"]["layers"])
+        and len(q.recipe[-1]["result"]["layers"]) == 2
+    )
     x = synthesize_inputs(handle.inputs, batch_size=8, seed=2)
     assert _rel_error(forward(q, x), forward(handle, x)) < 0.05
 
@@ -132,7 +138,9 @@ def test_typed_errors() -> None:
     with pytest.raises(InvalidArgumentError, match="no layer"):
         quantize(handle, "dynamic_int8", include=["does.not.exist"])
     with pytest.raises(InvalidArgumentError, match="Linear layers only"):
-        quantize(handle, "dynamic_int8", layer_types=["Conv2d"])
+        quantize(handle, "weight_only_int8", layer_types=["Conv2d"])
+    with pytest.raises(InvalidArgumentError, match="backend"):
+        quantize(handle, "dynamic_int8", backend="tensorrt")
     with pytest.raises(InvalidArgumentError, match="calibration_samples"):
         quantize(handle, "static_int8", calibration_samples=0)
 
@@ -150,7 +158,7 @@ def test_torchscript_int8_goes_through_onnx() -> None:
     traced = torch.jit.trace(handle.model, tuple(torch.from_numpy(v) for v in x.values()))
     scripted = handle.clone(model=traced, format="torchscript")
     q = quantize(scripted, "dynamic_int8")
-    assert q.runtime == "onnx" and q.recipe[-1]["exported_to_onnx"]
+    assert q.runtime == "onnx" and q.recipe[-1]["result"]["exported_to_onnx"]
     assert _rel_error(forward(q, x), forward(handle, x)) < 0.05
     with pytest.raises(UnsupportedFormatError, match="Python modules"):
         quantize(scripted, "weight_only_int8")
@@ -172,3 +180,18 @@ def test_bitsandbytes_layer_swap_on_bnb_cpu_backend() -> None:
         assert type(model.head).__name__ == ("Linear8bitLt" if method == "bnb_int8" else "Linear4bit")
         assert serialized_size(swapped) <= ratio * serialized_size(handle)
         assert _rel_error(forward(swapped, x), reference) < tolerance
+
+
+def test_dynamic_int8_torch_backend_keeps_a_torch_module() -> None:
+    handle = mlp_handle()
+    x = synthesize_inputs(handle.inputs, batch_size=16, seed=1)
+    q = quantize(handle, "dynamic_int8", backend="torch")
+    assert q.runtime == "torch" and q.recipe[-1]["result"]["backend"] == "torch.ao"
+    assert q.recipe[-1]["backend"] == "torch"  # an argument: replaying the step gives the same model
+    assert serialized_size(q) <= 0.30 * serialized_size(handle)
+    assert _rel_error(forward(q, x), forward(handle, x)) < 0.05
+    auto = quantize(handle, "dynamic_int8")
+    assert auto.runtime == "onnx" and auto.recipe[-1]["result"]["exported_to_onnx"]
+    replay_args = {k: v for k, v in q.recipe[-1].items() if k not in ("tool", "method", "result")}
+    again = quantize(handle, "dynamic_int8", **replay_args)
+    np.testing.assert_array_equal(forward(again, x), forward(q, x))
