@@ -49,3 +49,4 @@ class GraphContext:
     cancelled: Callable[[], bool] = lambda: False
     rollback_requests: list[dict[str, Any]] = field(default_factory=list)
     method_choices: dict[str, list[str]] = field(default_factory=dict)
+    attempt: int = 1  # which run of the session (1 + restarts): recorded on each trial

@@ -334,6 +334,7 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
             strategy=action.strategy,
             meta=action.meta,
             status="failed",
+            attempt=ctx.attempt,
         )
         update: dict[str, Any] = {"pending": None, "candidate": None}
         if cand.get("error"):

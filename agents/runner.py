@@ -205,6 +205,7 @@ class SessionRunner:
         snapshot = await graph.aget_state(config)
         resuming = bool(snapshot.values)
         attempt = row.attempts + 1
+        ctx.attempt = attempt
         row = (
             await self._update(
                 session_id,

@@ -74,6 +74,7 @@ class TrialRecord(BaseModel):
     error: str | None = None
     tool_metrics: dict[str, Any] = Field(default_factory=dict)
     duration_s: float = 0.0
+    attempt: int = 1  # the session run that evaluated it (resumed sessions count up)
 
 
 class GraphState(TypedDict, total=False):

@@ -281,6 +281,7 @@ async def session_results(session_id: str, user: CurrentUser, db: DbDep) -> Sess
         pareto_set=r.get("pareto_set") or [],
         selected_version=r.get("selected_version"),
         recipe=r.get("recipe") or [],
+        accepted_chain=r.get("accepted_chain") or [],
         baseline=r.get("baseline"),
         selected=r.get("selected"),
         partial=row.status != "completed",

@@ -135,6 +135,7 @@ class SessionResults(BaseModel):
     pareto_set: list[dict[str, Any]]
     selected_version: dict[str, Any] | None
     recipe: list[dict[str, Any]]
+    accepted_chain: list[str] = Field(default_factory=list, description="Accepted versions, oldest first.")
     baseline: dict[str, Any] | None = None
     selected: dict[str, Any] | None = None
     partial: bool = Field(description="True while the session has not completed: results so far.")
