@@ -39,6 +39,17 @@ PRUNE_METHODS: tuple[str, ...] = ("magnitude", "structured", "semi_structured_2_
 Scope = Literal["global", "per_layer"]
 
 _ONNX_WEIGHT_OPS = {"MatMul": 1, "Gemm": 1, "Conv": 1}
+_ONNX_QUANTIZED_OPS = {
+    "DequantizeLinear",
+    "QuantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearMatMul",
+    "QLinearConv",
+    "MatMulNBits",
+    "DynamicQuantizeMatMul",
+}
 
 
 def prune(
@@ -267,6 +278,13 @@ def _magnitude_onnx(
         if not (_selected(name, include, exclude) or (node.name and _selected(node.name, include, exclude))):
             continue
         chosen[name] = arr
+    if not chosen and not (include or exclude):
+        quantized_ops = {n.op_type for n in model.graph.node} & _ONNX_QUANTIZED_OPS
+        if quantized_ops:
+            raise UnsupportedFormatError(
+                f"'magnitude' pruning needs float weights and this ONNX model is already quantized "
+                f"({', '.join(sorted(quantized_ops))}); prune the float model first, then quantize it"
+            )
     if not chosen:
         raise InvalidArgumentError(
             "no float weight initializers of MatMul/Gemm/Conv nodes to prune"

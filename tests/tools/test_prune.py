@@ -194,10 +194,13 @@ def test_quantized_and_exported_programs(tmp_path: Path) -> None:
     from tools.loading import load_model
     from tools.quantize import quantize
 
-    quantized = quantize(mlp_handle(), "dynamic_int8")
+    torchao_int8 = quantize(mlp_handle(), "weight_only_int8")
     for method in ("magnitude", "structured"):
         with pytest.raises(UnsupportedFormatError, match="already quantized"):
-            prune(quantized, method, 0.5)
+            prune(torchao_int8, method, 0.5)
+    dynamic = quantize(mlp_handle(), "dynamic_int8")  # an ONNX graph or torch.ao modules
+    with pytest.raises(UnsupportedFormatError, match="already quantized"):
+        prune(dynamic, "magnitude", 0.5)
     program = torch.export.export(build_mlp(), (torch.randn(2, 64),))
     torch.export.save(program, tmp_path / "mlp.pt2")
     exported = load_model(tmp_path / "mlp.pt2")
