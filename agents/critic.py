@@ -29,7 +29,7 @@ def template_explanation(
     acc = 100 * candidate.accuracy_retained
     floor = 100 * criteria.accuracy_floor
     facts = (
-        f"size {candidate.size_bytes / 1e6:.3f} MB ({size:+.1f}% vs original), "
+        f"size {candidate.size_bytes / 1e6:.3f} MB ({size:.1f}% smaller than the original), "
         f"latency p50 {candidate.latency_p50_ms:.3f} ms ({s:.2f}x), "
         f"accuracy retained {acc:.2f}% (floor {floor:.1f}%)"
     )

@@ -150,24 +150,13 @@ def optimize_session(
     session_id = started["session_id"]
     print(f"session_id={session_id} planner={started['planner']} status={started['status']}")
 
-    step("Monitor progress")
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while True:
-        status = check(client.get(f"/sessions/{session_id}/status", headers=headers))
-        line = (
-            f"Status: {status['status']} | Progress: {status['progress_percentage']}% "
-            f"| {status['current_step']}"
-        )
-        if line != last:
-            print(line, flush=True)
-            last = line
-        if status["status"] in TERMINAL:
-            break
-        if time.monotonic() > deadline:
-            check(client.post(f"/sessions/{session_id}/cancel", headers=headers))
-            raise DemoError(f"the session did not finish in {timeout_s} s (cancelled)")
-        time.sleep(0.5)
+    step("Agent decisions (live, from the server-sent event stream)")
+    follow_events(client, headers, session_id, timeout_s)
+    status = check(client.get(f"/sessions/{session_id}/status", headers=headers))
+    print(
+        f"Status: {status['status']} | Progress: {status['progress_percentage']}% "
+        f"| trials {status['trials_done']}"
+    )
     if status["status"] != "completed":
         raise DemoError(f"the session ended {status['status']}: {status.get('error')}")
 
@@ -177,11 +166,77 @@ def optimize_session(
     print(
         f"Performance Improvements: {json.dumps(results['performance_improvements'], indent=2, default=str)}"
     )
-    print(f"Recipe: {[s.get('tool', s) for s in results['recipe']]}")
+    print(f"Recipe: {json.dumps(results['recipe'])}")
+    print(f"Trials: {len(results['trials'])}; Pareto set: {[p['version'] for p in results['pareto_set']]}")
     result_model_id = status.get("result_model_id")
     if result_model_id:
         blob = check(client.get(f"/models/{result_model_id}/download", headers=headers))
         print(f"downloaded the optimized model {result_model_id}: {len(io.BytesIO(blob).getvalue())} bytes")
+
+
+def describe_event(kind: str, data: dict[str, Any]) -> str | None:
+    """One line for the events a person wants to watch; None for the rest."""
+    trial = f"[trial {data['trial']}] " if data.get("trial") else ""
+    if kind == "status":
+        return f"status: {data['status']}" + (" (resumed)" if data.get("resumed") else "")
+    if kind == "analysis" and data.get("kind") == "profile":
+        b = data["baseline"]
+        return (
+            f"profiled: {data['profile'].get('total_parameters')} parameters, {b['size_bytes']} bytes, "
+            f"p50 {b['latency_p50_ms']:.3f} ms on {data['device']}"
+        )
+    if kind == "analysis" and data.get("kind") == "goal":
+        return f"goal interpreted ({data['source']}): {data['applied']}"
+    if kind == "agent.thought":
+        return f"{trial}thinks ({data.get('source')}): {data['text']}"
+    if kind == "agent.action":
+        if data.get("action") == "finish":
+            return f"{trial}action: finish"
+        return f"{trial}action: {data['tool']}({json.dumps(data['arguments'])}) on {data['base_version']}"
+    if kind == "tool.result":
+        return f"{trial}tool: " + (
+            f"produced {data['version']}" if data["ok"] else f"failed: {data['error']}"
+        )
+    if kind == "evaluation":
+        m = data["measurement"]
+        return (
+            f"{trial}measured {data['version']}: {m['size_bytes']} bytes "
+            f"({-data['size_reduction_percent']:+.1f}% size), "
+            f"p50 {m['latency_p50_ms']:.3f} ms, accuracy retained {100 * m['accuracy_retained']:.2f}%"
+        )
+    if kind == "decision":
+        return f"{trial}decision: {data['status'].upper()}: {data.get('explanation') or data.get('reason')}"
+    if kind == "rollback" and not data.get("automatic"):
+        return f"rollback: {data.get('from_version')} -> {data['current_version']}"
+    if kind in ("message", "error"):
+        return f"{kind}: {data.get('content') or data.get('message')}"
+    return None
+
+
+def follow_events(client: httpx.Client, headers: dict[str, str], session_id: str, timeout_s: float) -> None:
+    """Print the agent's reasoning and decisions as they happen, until the stream's `end` event."""
+    deadline = time.monotonic() + timeout_s
+    last_id: str | None = None
+    while time.monotonic() < deadline:
+        h = dict(headers, **({"Last-Event-ID": last_id} if last_id else {}))
+        try:
+            with client.stream("GET", f"/sessions/{session_id}/events", headers=h, timeout=timeout_s) as r:
+                kind = ""
+                for line in r.iter_lines():
+                    if line.startswith("id:"):
+                        last_id = line[3:].strip()
+                    elif line.startswith("event:"):
+                        kind = line[6:].strip()
+                    elif line.startswith("data:"):
+                        text = describe_event(kind, json.loads(line[5:]))
+                        if text:
+                            print(f"  {text}", flush=True)
+                        if kind == "end":
+                            return
+        except httpx.ReadError:
+            continue  # reconnect; Last-Event-ID resumes where the stream broke
+    check(client.post(f"/sessions/{session_id}/cancel", headers=headers))
+    raise DemoError(f"the session did not finish in {timeout_s} s (cancelled)")
 
 
 def main(argv: list[str] | None = None) -> int:
