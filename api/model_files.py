@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from tools.errors import ToolError
+from tools.errors import InvalidModelError, ToolError
 from tools.formats import (
     EVAL_DATA_EXTENSIONS,
     MODEL_EXTENSIONS,
@@ -61,6 +61,9 @@ def probe_input_spec(
             log.info("weights-only upload without an architecture: stored without an input signature")
             return None
         raise
+    except Exception as exc:  # a file that passed the checks but that its library cannot load
+        log.warning("model passed the format checks but failed to load: %s", exc, exc_info=True)
+        raise InvalidModelError(f"the {report.format} model could not be loaded: {exc}") from exc
     # A TorchScript file from elsewhere may not state its inputs: then there is no signature to store.
     return list(handle.inputs) or None
 

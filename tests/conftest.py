@@ -110,7 +110,15 @@ def _truncate_postgres(url: str) -> None:
                 "WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
             ).fetchall()
         ]
-        if tables:
+        if not tables:
+            return
+        try:
+            # DELETE with triggers (and so foreign keys) off is ~100x faster than TRUNCATE on tiny tables.
+            with conn.transaction():
+                conn.execute("SET LOCAL session_replication_role = replica")
+                for table in tables:
+                    conn.execute(f'DELETE FROM "{table}"')
+        except psycopg.errors.InsufficientPrivilege:
             conn.execute("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
 
 
