@@ -65,7 +65,7 @@ def test_quantized_onnx_and_fp16_export(tmp_path: Path) -> None:
 
 
 def test_torch_ao_int8_exports_to_torchscript(tmp_path: Path) -> None:
-    q = quantize(mlp_handle(), "dynamic_int8", backend="torch")
+    q = quantize(mlp_handle(), "dynamic_int8")
     path = export(q, "torchscript", tmp_path / "q.pt")
     loaded = load_model(path)
     x = synthesize_inputs(q.inputs, batch_size=3)
@@ -77,7 +77,7 @@ def test_export_refusals(tmp_path: Path) -> None:
     handle = mlp_handle()
     with pytest.raises(InvalidArgumentError, match="unknown export format"):
         export(handle, "tflite", tmp_path / "m.tflite")
-    q = quantize(handle, "dynamic_int8", backend="torch")
+    q = quantize(handle, "dynamic_int8")
     with pytest.raises(UnsupportedFormatError, match="cannot be exported to ONNX"):
         export(q, "onnx", tmp_path / "q.onnx")
     with pytest.raises(UnsupportedFormatError, match="safetensors"):

@@ -56,7 +56,7 @@ def test_onnx_profile_matches_torch() -> None:
 def test_quantized_weights_count_at_stored_width() -> None:
     handle = mlp_handle()
     for method, dtype in (("dynamic_int8", "qint8"), ("weight_only_int8", "int8"), ("fp16", "float16")):
-        profile = inspect_model(quantize(handle, method, backend="torch"))
+        profile = inspect_model(quantize(handle, method))
         assert profile.total_parameters == MLP_PARAMS
         assert profile.dtypes == {dtype: MLP_PARAMS}
         expected = 2 if dtype == "float16" else 1

@@ -40,7 +40,7 @@ def mlp_onnx() -> ModelHandle:
 @pytest.mark.parametrize(
     ("method", "ratio", "tolerance", "backend"),
     [
-        ("dynamic_int8", 0.30, 0.05, "onnxruntime"),
+        ("dynamic_int8", 0.30, 0.05, "torch.ao"),
         ("weight_only_int8", 0.30, 0.02, "torchao"),
         ("static_int8", 0.30, 0.06, "onnxruntime"),
         ("fp16", 0.51, 0.002, "torch"),
@@ -87,7 +87,7 @@ def test_onnx_quantization_shrinks_and_stays_close(
 
 def test_include_exclude_keep_layers_in_full_precision(mlp_onnx: ModelHandle) -> None:
     handle = mlp_handle()
-    q = quantize(handle, "dynamic_int8", exclude=["head"], backend="torch")
+    q = quantize(handle, "dynamic_int8", exclude=["head"])
     assert q.recipe[-1]["result"]["layers"] == ["encoder.0", "encoder.2"]
     assert isinstance(q.model.head, torch.nn.Linear) and type(q.model.head).__module__.startswith("torch.nn")
     assert not type(q.model.encoder[0]).__module__.startswith("torch.nn.modules")
@@ -182,16 +182,21 @@ def test_bitsandbytes_layer_swap_on_bnb_cpu_backend() -> None:
         assert _rel_error(forward(swapped, x), reference) < tolerance
 
 
-def test_dynamic_int8_torch_backend_keeps_a_torch_module() -> None:
+def test_onnxruntime_backend_for_torch_models() -> None:
     handle = mlp_handle()
+    before = weights_snapshot(handle)
     x = synthesize_inputs(handle.inputs, batch_size=16, seed=1)
-    q = quantize(handle, "dynamic_int8", backend="torch")
-    assert q.runtime == "torch" and q.recipe[-1]["result"]["backend"] == "torch.ao"
-    assert q.recipe[-1]["backend"] == "torch"  # an argument: replaying the step gives the same model
+    q = quantize(handle, "dynamic_int8", backend="onnxruntime")
+    assert q.runtime == "onnx" and q.recipe[-1]["result"]["exported_to_onnx"]
+    assert q.recipe[-1]["result"]["backend"] == "onnxruntime" and q.recipe[-1]["backend"] == "onnxruntime"
     assert serialized_size(q) <= 0.30 * serialized_size(handle)
     assert _rel_error(forward(q, x), forward(handle, x)) < 0.05
-    auto = quantize(handle, "dynamic_int8")
-    assert auto.runtime == "onnx" and auto.recipe[-1]["result"]["exported_to_onnx"]
+    # The step's arguments replay to the same model.
     replay_args = {k: v for k, v in q.recipe[-1].items() if k not in ("tool", "method", "result")}
     again = quantize(handle, "dynamic_int8", **replay_args)
     np.testing.assert_array_equal(forward(again, x), forward(q, x))
+    assert_same_weights(before, weights_snapshot(handle))
+    with pytest.raises(UnsupportedFormatError, match="does not offer weight_only_int8"):
+        quantize(handle, "weight_only_int8", backend="onnxruntime")
+    with pytest.raises(UnsupportedFormatError, match="ONNX Runtime"):
+        quantize(q, "fp16", backend="torch")

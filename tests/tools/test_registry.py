@@ -60,6 +60,7 @@ def test_validate_call_accepts_dicts_and_json_text() -> None:
         ("quantize", {"method": "fp16", "bits": 3}, ValidationError),
         ("quantize", {"method": "static_int8", "calibration_samples": 0}, ValidationError),
         ("quantize", {"method": "fp16", "layer_types": ["LSTM"]}, ValidationError),
+        ("quantize", {"method": "dynamic_int8", "backend": "tensorrt"}, ValidationError),
         ("prune", {"method": "magnitude", "amount": 1.0}, ValidationError),
         ("prune", {"method": "magnitude", "amount": 0}, ValidationError),
         ("prune", {"method": "magnitude", "amount": 0.3, "scope": "local"}, ValidationError),
@@ -81,7 +82,9 @@ def test_run_tool_applies_and_leaves_input_untouched() -> None:
     before = weights_snapshot(handle)
     quantized = run_tool("quantize", handle, validate_call("quantize", {"method": "dynamic_int8"}))
     assert serialized_size(quantized) <= 0.3 * serialized_size(handle)
-    assert quantized.recipe[-1]["method"] == "dynamic_int8"
+    assert quantized.recipe[-1]["method"] == "dynamic_int8" and quantized.runtime == "torch"
+    via_ort = run_tool("quantize", handle, {"method": "dynamic_int8", "backend": "onnxruntime"})
+    assert via_ort.runtime == "onnx" and serialized_size(via_ort) <= 0.3 * serialized_size(handle)
     pruned = run_tool("prune", handle, '{"method": "magnitude", "amount": 0.5}')
     weight = pruned.model.encoder[2].weight
     assert float((weight == 0).float().mean()) >= 0.49
