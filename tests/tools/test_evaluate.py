@@ -62,7 +62,7 @@ def test_classification_targets_give_task_accuracy() -> None:
 
 
 def test_vla_action_token_accuracy() -> None:
-    reference = _registry_handle("vla_mini")
+    reference = _registry_handle("vla", preset="vla_mini", llm_layers=2)
     x = synthesize_inputs(reference.inputs, 12, seed=2)
     bins = forward(reference, x).argmax(-1)
     data = EvalData(inputs=x, targets=bins.astype(np.int64))

@@ -18,7 +18,7 @@ SCRIPT = ROOT / "scripts" / "gpu_check.py"
 )
 def test_skips_without_cuda_and_exits_zero() -> None:
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--model", "vla_mini"],
+        [sys.executable, str(SCRIPT)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -118,7 +118,7 @@ def test_structured_cnn_and_registry_models(scope: str) -> None:
 
 
 def test_structured_vla_prunes_heads_and_mlp_widths(tmp_path: Path) -> None:
-    handle = _registry_handle("vla_mini")
+    handle = _registry_handle_with("vla", preset="vla_mini", llm_layers=2)
     before = weights_snapshot(handle)
     pruned = prune(handle, "structured", 0.5)
     result = pruned.recipe[-1]["result"]
