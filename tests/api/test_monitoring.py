@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
+import importlib.util
+from pathlib import Path
 
-from tests.conftest import AuthHeaders
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from tests.conftest import AuthHeaders, MakeUser, UploadModel
 
 
 async def test_health_needs_no_auth_and_reports_database(client: httpx.AsyncClient) -> None:
@@ -89,3 +94,43 @@ async def test_prometheus_metrics_count_requests_and_logins(
     assert 'robopt_logins_total{result="success"}' in text
     assert 'robopt_logins_total{result="failed"} 1.0' in text
     assert "robopt_http_request_duration_seconds_bucket" in text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("state.sessions") is None, reason="sessions table not present")
+async def test_session_metrics_count_by_status_and_owner(
+    client: httpx.AsyncClient, app: FastAPI, admin_headers: AuthHeaders, make_user: MakeUser
+) -> None:
+    from state.sessions import OptimizationSession
+
+    alice, bob = await make_user("user"), await make_user("user")
+    async with app.state.sessionmaker() as db:
+        for owner, status in ((alice, "running"), (alice, "completed"), (alice, "queued"), (bob, "failed")):
+            db.add(OptimizationSession(owner_id=owner.user_id, model_id="m" * 32, status=status, criteria={}))
+        await db.commit()
+    mine = (await client.get("/monitoring/sessions/metrics", headers=alice)).json()
+    assert mine["available"] is True
+    assert mine["by_status"] == {"running": 1, "completed": 1, "queued": 1}
+    assert mine["total"] == 3 and mine["active"] == 2
+    assert (await client.get("/monitoring/sessions/metrics", headers=bob)).json()["by_status"] == {
+        "failed": 1
+    }
+    everything = (await client.get("/monitoring/sessions/metrics", headers=admin_headers)).json()
+    assert everything["total"] == 4 and everything["active"] == 2
+    system = (await client.get("/monitoring/system", headers=bob)).json()
+    assert system["active_sessions"] == 2
+
+
+async def test_upload_metrics_and_model_storage(
+    client: httpx.AsyncClient, admin_headers: AuthHeaders, upload_model: UploadModel, tmp_path: Path
+) -> None:
+    from tests.api import model_files as mf
+
+    good = mf.onnx_model(tmp_path / "m.onnx")
+    assert (await upload_model(admin_headers, good)).status_code == 200
+    assert (await upload_model(admin_headers, good, filename="m.exe")).status_code == 400
+    system = (await client.get("/monitoring/system", headers=admin_headers)).json()
+    assert system["model_count"] == 1 and system["model_storage_bytes"] == good.stat().st_size
+    text = (await client.get("/metrics", headers=admin_headers)).text
+    assert 'robopt_uploads_total{kind="model",result="accepted"} 1.0' in text
+    assert 'robopt_uploads_total{kind="model",result="refused"} 1.0' in text
+    assert f"robopt_upload_bytes_total {float(good.stat().st_size)}" in text
