@@ -39,6 +39,9 @@ PRUNE_METHODS: tuple[str, ...] = ("magnitude", "structured", "semi_structured_2_
 Scope = Literal["global", "per_layer"]
 
 _ONNX_WEIGHT_OPS = {"MatMul": 1, "Gemm": 1, "Conv": 1}
+# Above this many selected weights, magnitude pruning masks in place (see _magnitude_torch).
+_LARGE_MODEL_WEIGHTS = 50_000_000
+_THRESHOLD_SAMPLE = 10_000_000
 _ONNX_QUANTIZED_OPS = {
     "DequantizeLinear",
     "QuantizeLinear",
@@ -197,9 +200,24 @@ def _magnitude_torch(
             "no float Linear/Conv weights to prune"
             + (" match the include/exclude patterns" if include or exclude else " (already quantized?)"),
         )
+    total_weights = sum(t.numel() for _, _, _, t in targets)
     with torch.no_grad():
         modular = [(m, attr) for _, m, attr, _ in targets if m is not None]
-        if len(modular) == len(targets):
+        if total_weights > _LARGE_MODEL_WEIGHTS:
+            # Billions of weights: torch.nn.utils.prune would hold a score vector, a mask and a copy
+            # of every weight at once. Mask in place instead; the global threshold is the quantile of
+            # an evenly strided sample of the magnitudes (exact per layer).
+            tensors = [t for _, _, _, t in targets]
+            if scope == "global":
+                stride = max(1, total_weights // _THRESHOLD_SAMPLE)
+                sample = torch.cat([t.detach().abs().flatten()[::stride].float().cpu() for t in tensors])
+                threshold = _kth_abs(sample, amount)
+                for t in tensors:
+                    _zero_at_most(t, threshold, amount, global_scope=True)
+            else:
+                for t in tensors:
+                    _zero_at_most(t, _kth_abs(t.detach().abs().flatten().float(), amount), amount)
+        elif len(modular) == len(targets):
             if scope == "global":
                 tprune.global_unstructured(modular, pruning_method=tprune.L1Unstructured, amount=amount)
             else:

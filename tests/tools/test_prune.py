@@ -221,3 +221,18 @@ def test_two_four_mask_keeps_the_two_largest_of_every_four() -> None:
     kept_min = torch.where(groups.bool(), a, torch.inf).min(-1).values
     dropped_max = torch.where(groups.bool(), -torch.inf, a).max(-1).values
     assert torch.all(kept_min >= dropped_max)
+
+
+def test_magnitude_large_model_path_masks_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tools.prune as prune_module
+
+    # The in-place path billion-weight models take, forced on the small MLP (sampled global threshold).
+    monkeypatch.setattr(prune_module, "_LARGE_MODEL_WEIGHTS", 1000)
+    monkeypatch.setattr(prune_module, "_THRESHOLD_SAMPLE", 20_000)
+    handle = mlp_handle()
+    for scope in ("global", "per_layer"):
+        pruned = prune(handle, "magnitude", 0.5, scope=scope)
+        assert 0.47 <= pruned.recipe[-1]["result"]["sparsity"] <= 0.53
+        if scope == "per_layer":
+            assert all(s >= 0.49 for s in pruned.recipe[-1]["result"]["layer_sparsity"].values())
+    assert sparsity_of(handle) < 0.01
