@@ -56,7 +56,9 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception:
-            error_log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            error_log.exception(
+                "unhandled error on %s %s", scope.get("method"), _printable(scope.get("path", ""))
+            )
             if response_started:
                 raise
             status = 500
@@ -68,8 +70,13 @@ class RequestContextMiddleware:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(elapsed)
-            log.info("%s %s %d %.1fms", method, scope.get("path"), status, elapsed * 1000)
+            log.info("%s %s %d %.1fms", method, _printable(scope.get("path", "")), status, elapsed * 1000)
             request_id_var.reset(token)
+
+
+def _printable(text: str) -> str:
+    # Paths are percent-decoded: a %0A must not start a forged log line.
+    return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
 
 
 async def _send_internal_error(send: Send, request_id: str) -> None:

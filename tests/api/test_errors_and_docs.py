@@ -136,3 +136,16 @@ async def test_openapi_documents_tags_errors_and_auth(client: httpx.AsyncClient)
     )
     assert (await client.get("/docs")).status_code == 200
     assert (await client.get("/redoc")).status_code == 200
+
+
+async def test_access_log_escapes_control_characters(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="robopt.access"):
+        r = await client.get("/nothing%0A2026-01-01 INFO forged line")
+    assert r.status_code == 404
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "robopt.access"]
+    assert any("\\x0a2026-01-01" in line for line in lines)
+    assert not any("\n" in line for line in lines)
