@@ -16,7 +16,7 @@ import numpy as np
 
 from tools.errors import InvalidArgumentError, UnsupportedFormatError
 from tools.handle import ModelHandle
-from tools.runtime import synthesize_inputs, to_tensors
+from tools.runtime import check_inputs, synthesize_inputs, to_tensors
 
 ExportFormat = Literal["onnx", "torchscript", "pt2", "safetensors"]
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2", "safetensors")
@@ -79,6 +79,7 @@ def example_inputs(handle: ModelHandle, batch_size: int = 2) -> dict[str, np.nda
     specs = require_inputs(handle)
     data = handle.eval_data
     if data is not None and data.num_samples >= 1 and set(data.inputs) == {s.name for s in specs}:
+        check_inputs(specs, data.inputs)
         n = min(batch_size, data.num_samples)
         return {k: np.ascontiguousarray(v[:n]) for k, v in data.inputs.items()}
     return synthesize_inputs(specs, batch_size=batch_size, seed=0)

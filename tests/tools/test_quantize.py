@@ -200,3 +200,13 @@ def test_onnxruntime_backend_for_torch_models() -> None:
         quantize(handle, "weight_only_int8", backend="onnxruntime")
     with pytest.raises(UnsupportedFormatError, match="ONNX Runtime"):
         quantize(q, "fp16", backend="torch")
+
+
+def test_calibration_data_must_match_the_signature() -> None:
+    from tools.errors import DataMismatchError
+    from tools.handle import EvalData
+
+    handle = mlp_handle()
+    handle.eval_data = EvalData(inputs={"obs": np.zeros((8, 65), np.float32)})
+    with pytest.raises(DataMismatchError, match="axis 1 is 65"):
+        quantize(handle, "static_int8")
