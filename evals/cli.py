@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--out", default="eval-out", type=Path)
     run.add_argument("--data-dir", default=None, help="reference cache root (default: DATA_DIR)")
     run.add_argument("--case", action="append", help="run only this case (repeatable)")
+    run.add_argument("--strict", action="store_true", help="exit 1 when a case misses issue 5's acceptance")
     run.add_argument("--record", type=Path, default=None, help="with --planner llm: save replies to DIR")
     run.add_argument("--recordings", type=Path, default=RECORDINGS_DIR, help="with --planner recorded")
     run.add_argument(
@@ -90,4 +91,5 @@ def main(argv: list[str] | None = None) -> int:
     print(f"wrote {args.out}/report.md, results.json, plots in {time.perf_counter() - start:.1f} s")
     if failed:
         print(f"acceptance not met on: {', '.join(failed)} (see report.md)")
+        return 1 if args.strict else 0
     return 0

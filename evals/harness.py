@@ -49,6 +49,8 @@ class CaseResult:
     verdict: CaseVerdict | None
     grid: list[dict[str, Any]]
     original: Measurement
+    search_original: Measurement
+    agent_trials: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -210,7 +212,8 @@ def run_case(case: EvalCase, suite: str, setup: PlannerSetup, data_dir: Path) ->
                     f"original's, below the {criteria.accuracy_floor:.0%} floor the offline metric enforced"
                 )
     verdict = _verdict(case.case, rows, final_by_method)
-    return CaseResult(case, rows, verdict, oracle.grid, base, notes)
+    agent_trials = next((c.grid for c in candidates if c.method.startswith("agent")), [])
+    return CaseResult(case, rows, verdict, oracle.grid, base, search_base, agent_trials, notes)
 
 
 def _verdict(case: str, rows: list[ResultRow], finals: dict[str, Measurement]) -> CaseVerdict | None:
@@ -284,6 +287,8 @@ def run_suite(
     }
     plot(out, rows, grids, bases)
     (out / "grid.json").write_text(json.dumps(grids, indent=1))
+    trials = {res.case.case: res.agent_trials for res in results}
+    (out / "agent_trials.json").write_text(json.dumps(trials, indent=1, default=str))
     (out / "report.md").write_text(
         render_markdown(
             rows,

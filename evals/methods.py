@@ -259,6 +259,11 @@ def run_agent(
             "source": t.source,
             "objective": t.objective,
             "meets": t.meets,
+            "decision": t.decision,
+            "error": t.error,
+            "size_bytes": (t.measurement or {}).get("size_bytes"),
+            "latency_p50_ms": (t.measurement or {}).get("latency_p50_ms"),
+            "accuracy_retained": (t.measurement or {}).get("accuracy_retained"),
         }
         for t in outcome.trials
     ]

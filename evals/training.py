@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+
+log = logging.getLogger("evals.training")
 
 
 @dataclass
@@ -63,6 +66,8 @@ def fit(
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         loss_value = float(loss.detach())
+        if (step + 1) % 100 == 0:
+            log.info("step %d/%d loss %.4f (%.1fs)", step + 1, steps, loss_value, time.perf_counter() - start)
     model.eval()
     return TrainStats(steps=steps, final_loss=loss_value, seconds=time.perf_counter() - start)
 
