@@ -9,9 +9,11 @@ Architectures:
 - `cnn_classifier`: a small CNN for 8x8x1 images (sklearn digits), 10 classes.
 - `vla`: a vision-language-action model shaped like OpenVLA: two ViT image encoders ("dino" and
   "siglip" branches) whose patch features are concatenated channel-wise, a fused GELU MLP projector,
-  and a Llama-style decoder over [image tokens; instruction tokens; 7 action query tokens]. One
-  forward pass returns logits [batch, 7, 256] over the action bins (parallel decoding of the 7
-  action dimensions; the bins are the last 256 ids of the vocabulary, as in OpenVLA).
+  and a Llama-style decoder over [image tokens; instruction tokens]. forward returns logits
+  [batch, 7, 256] over the action bins (the last 256 ids of the vocabulary, as in OpenVLA), decoded
+  either in parallel (7 learned action query tokens appended, one pass: `decoding="parallel"`,
+  the default) or as OpenVLA does, greedily one token at a time over a KV cache
+  (`decoding="autoregressive"`, the `openvla_7b` preset).
 
 Presets (`PRESETS`) are named configs of a base architecture: `vla_mini` (about 2M parameters,
 trains on a CPU in minutes) and `openvla_7b` (the real OpenVLA-7B shape, about 7.5B parameters;
@@ -205,6 +207,13 @@ class VLAConfig(_Config):
     action_bins: int = Field(256, ge=2)
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
+    decoding: Literal["parallel", "autoregressive"] = Field(
+        "parallel",
+        description=(
+            "parallel: 7 learned action queries, all action tokens in one pass; autoregressive: "
+            "OpenVLA's greedy decoding, prefill then one token per step over a KV cache."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> VLAConfig:
@@ -246,13 +255,33 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.reshape(b, t, self.num_heads, -1).transpose(1, 2)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        *,
+        pos: int = 0,
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Attend over `x` (positions pos..pos+t); with `cache`, also over the cached keys/values,
+        which are then extended (autoregressive decoding)."""
         b, t, _ = x.shape
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x))
         if rope is not None:
-            cos, sin = rope
-            q, k = _apply_rope(q, cos[:t], sin[:t]), _apply_rope(k, cos[:t], sin[:t])
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+            cos, sin = rope[0][pos : pos + t], rope[1][pos : pos + t]
+            q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        past = cache is not None and "k" in cache
+        if cache is not None:
+            if past:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            cache["k"], cache["v"] = k, v
+        # One new token attends to everything before it; a block without a past is causal in itself.
+        causal = self.causal and not (past and t == 1)
+        if causal and past:
+            mask = torch.ones(t, k.shape[2], dtype=torch.bool, device=x.device).tril(k.shape[2] - t)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
 
@@ -361,8 +390,15 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.llm_dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.llm_dim, cfg.llm_ffn)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope)
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        *,
+        pos: int = 0,
+        cache: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, pos=pos, cache=cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -377,8 +413,12 @@ class VLA(nn.Module):
         self.vision_siglip = ViTEncoder(cfg.siglip)
         self.projector = Projector(cfg.fused_width, cfg.projector_hidden or 4 * cfg.fused_width, cfg.llm_dim)
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.llm_dim)
-        # One learned query per action dimension: the 7 action tokens are decoded in one pass.
-        self.action_queries = nn.Parameter(torch.zeros(1, cfg.action_dims, cfg.llm_dim))
+        self.decoding = cfg.decoding
+        # Parallel decoding: one learned query per action dimension, all 7 tokens in one pass.
+        # Autoregressive decoding (OpenVLA's): greedy, one token at a time over a KV cache.
+        self.action_queries = (
+            nn.Parameter(torch.zeros(1, cfg.action_dims, cfg.llm_dim)) if cfg.decoding == "parallel" else None
+        )
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.llm_layers))
         self.norm = RMSNorm(cfg.llm_dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.llm_dim, cfg.vocab_size, bias=False)
@@ -390,24 +430,58 @@ class VLA(nn.Module):
         self.register_buffer("rope_cos", angles.cos(), persistent=False)
         self.register_buffer("rope_sin", angles.sin(), persistent=False)
 
-    def hidden_states(
+    def _prefix(
         self, images_a: torch.Tensor, images_b: torch.Tensor, instruction_ids: torch.Tensor
     ) -> torch.Tensor:
         patches = torch.cat([self.vision_dino(images_a), self.vision_siglip(images_b)], dim=-1)
         image_tokens = self.projector(patches)
         text = self.embed_tokens(instruction_ids)
-        queries = self.action_queries.expand(images_a.shape[0], -1, -1).to(text.dtype)
-        x = torch.cat([image_tokens.to(text.dtype), text, queries], dim=1)
+        return torch.cat([image_tokens.to(text.dtype), text], dim=1)
+
+    def hidden_states(
+        self, images_a: torch.Tensor, images_b: torch.Tensor, instruction_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Final-norm hidden states at the action positions (parallel decoding)."""
+        if self.action_queries is None:
+            raise RuntimeError("hidden_states needs parallel decoding; this model decodes autoregressively")
+        prefix = self._prefix(images_a, images_b, instruction_ids)
+        queries = self.action_queries.expand(images_a.shape[0], -1, -1).to(prefix.dtype)
+        x = torch.cat([prefix, queries], dim=1)
         rope = (self.rope_cos, self.rope_sin)
         for layer in self.layers:
             x = layer(x, rope)
         return self.norm(x[:, -self.action_dims :])
 
+    def _bin_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)[..., -self.action_bins :]
+
     def forward(
         self, images_a: torch.Tensor, images_b: torch.Tensor, instruction_ids: torch.Tensor
     ) -> torch.Tensor:
-        logits = self.lm_head(self.hidden_states(images_a, images_b, instruction_ids))
-        return logits[..., -self.action_bins :]
+        if self.action_queries is not None:
+            return self._bin_logits(self.hidden_states(images_a, images_b, instruction_ids))
+        return self._generate(images_a, images_b, instruction_ids)
+
+    def _generate(
+        self, images_a: torch.Tensor, images_b: torch.Tensor, instruction_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Greedy decoding of the action tokens: prefill, then one token per step over a KV cache."""
+        x = self._prefix(images_a, images_b, instruction_ids)
+        rope = (self.rope_cos, self.rope_sin)
+        caches: list[dict[str, torch.Tensor]] = [{} for _ in self.layers]
+        pos = 0
+        steps = []
+        for i in range(self.action_dims):
+            for layer, cache in zip(self.layers, caches, strict=True):
+                x = layer(x, rope, pos=pos, cache=cache)
+            pos += x.shape[1]
+            logits = self._bin_logits(self.norm(x[:, -1:]))
+            steps.append(logits)
+            if i + 1 < self.action_dims:
+                # Action bins are the last `action_bins` ids of the vocabulary.
+                token = logits.argmax(-1) + (self.embed_tokens.num_embeddings - self.action_bins)
+                x = self.embed_tokens(token)
+        return torch.cat(steps, dim=1)
 
     @torch.no_grad()
     def predict_actions(
@@ -444,7 +518,8 @@ def _vla_init(model: VLA) -> None:
             nn.init.normal_(enc.cls_token, std=0.02)
         if enc.register_tokens is not None:
             nn.init.normal_(enc.register_tokens, std=0.02)
-    nn.init.normal_(model.action_queries, std=0.02)
+    if model.action_queries is not None:
+        nn.init.normal_(model.action_queries, std=0.02)
 
 
 def _build_vla(cfg: VLAConfig) -> VLA:
@@ -589,6 +664,8 @@ PRESETS: dict[str, ArchitectureRef] = {
             "llm_ffn": 11008,
             "vocab_size": 32064,
             "instruction_len": 32,
+            # One action as OpenVLA computes it: vision, prefill, then 7 greedy token steps.
+            "decoding": "autoregressive",
         },
     ),
 }

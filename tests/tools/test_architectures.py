@@ -114,3 +114,27 @@ def test_action_bins_round_trip() -> None:
     bins = actions_to_bins(actions)
     assert bins.min() == 0 and bins.max() == 255
     assert (bins_to_actions(bins) - actions).abs().max() <= 1.0 / 256 + 1e-6
+
+
+def test_autoregressive_decoding_matches_full_recomputation() -> None:
+    """The KV-cached greedy decoder gives the logits a full causal pass over the same tokens gives."""
+    ref = {"name": "vla", "config": {"preset": "vla_mini", "llm_layers": 2, "decoding": "autoregressive"}}
+    model = build_model(ref)
+    assert model.action_queries is None
+    specs = input_specs(ref)
+    arrays = synthesize_inputs(specs, 2, seed=3)
+    a, b, ids = (torch.from_numpy(arrays[s.name]) for s in specs)
+    with torch.inference_mode():
+        logits = model(a, b, ids)
+        assert tuple(logits.shape) == (2, 7, 256)
+        prefix = model._prefix(a, b, ids)
+        offset = model.embed_tokens.num_embeddings - 256
+        tokens = model.embed_tokens(logits.argmax(-1)[:, :-1] + offset)
+        x = torch.cat([prefix, tokens], dim=1)
+        for layer in model.layers:
+            x = layer(x, (model.rope_cos, model.rope_sin))
+        full = model._bin_logits(model.norm(x[:, prefix.shape[1] - 1 :]))
+    torch.testing.assert_close(logits, full, rtol=1e-4, atol=1e-5)
+    # Same weights otherwise: the parallel variant differs only by its 7 action queries.
+    parallel = {"name": "vla", "config": {"preset": "vla_mini", "llm_layers": 2}}
+    assert count_parameters(parallel) - count_parameters(ref) == 7 * 128
