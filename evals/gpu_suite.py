@@ -66,12 +66,7 @@ def build_openvla_shape(device: str = "cuda") -> Any:
     from tools.handle import ModelHandle
 
     ref = canonical_ref("openvla_7b")
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        model = build_model(ref, device=device)
-    finally:
-        torch.set_default_dtype(previous)
+    model = build_model(ref, device=device, dtype=torch.bfloat16)  # allocated in bf16 on the GPU
     return ModelHandle(
         runtime="torch",
         format="state_dict",

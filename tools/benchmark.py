@@ -19,7 +19,6 @@ Peak memory:
 
 from __future__ import annotations
 
-import copy
 import platform
 import threading
 import time
@@ -31,7 +30,7 @@ import torch
 from pydantic import BaseModel, Field
 
 from tools.errors import InvalidArgumentError, UnsupportedDeviceError
-from tools.handle import ModelHandle
+from tools.handle import ModelHandle, copy_model
 from tools.runtime import check_inputs, onnx_session, synthesize_inputs, to_tensors, torch_forward
 
 _VERSIONED = ("torch", "onnxruntime", "onnx", "torchao", "bitsandbytes", "torch-pruning", "numpy")
@@ -229,7 +228,7 @@ def _on_device(handle: ModelHandle, device: str) -> ModelHandle:
                     "this ONNX Runtime build has no CUDA execution provider; benchmark ONNX models on 'cpu'"
                 )
         return handle.clone(model=handle.model, device=device)
-    model = copy.deepcopy(handle.model).to(device)
+    model = copy_model(handle.model).to(device)
     return handle.clone(model=model, device=device)
 
 

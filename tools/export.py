@@ -107,8 +107,26 @@ def to_onnx_model(handle: ModelHandle) -> Any:
     if batch_dynamic:
         dynamic_axes["output"] = {0: "batch"}
     model = handle.model
-    if hasattr(model, "eval"):
+    # Export in eval mode (dropout off) and give the caller's module back in the mode it was in.
+    # Exported programs' graph modules keep the mode they were exported in.
+    was_training = (
+        isinstance(model, torch.nn.Module) and not isinstance(model, torch.fx.GraphModule) and model.training
+    )
+    if was_training:
         model.eval()
+    try:
+        return _export_onnx(model, args, names, dynamic_axes, handle)
+    finally:
+        if was_training:
+            model.train()
+
+
+def _export_onnx(
+    model: Any, args: tuple[Any, ...], names: list[str], dynamic_axes: dict[str, Any], handle: ModelHandle
+) -> Any:
+    import onnx
+    import torch
+
     errors = []
     # The TorchScript-based exporter first: it handles dynamic batch axes of plain modules robustly.
     try:
@@ -139,6 +157,7 @@ def to_onnx_model(handle: ModelHandle) -> Any:
             output_names=["output"],
             dynamic_shapes=dynamic_shapes,
             dynamo=True,
+            verbose=False,
         )
         return program.model_proto
     except Exception as exc:  # noqa: BLE001

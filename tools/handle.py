@@ -8,6 +8,7 @@ produced a version can be replayed.
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,23 @@ class EvalData:
         return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
 
 
+def copy_model(model: Any) -> Any:
+    """A deep copy of a runnable model.
+
+    TorchScript modules go through save/load: `deepcopy` of one that has been traced (by the ONNX
+    exporter, say) gives weights that are not autograd leaves and fail under `inference_mode`.
+    """
+    import torch
+
+    if isinstance(model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
+        torch.jit.save(model, buffer)
+        buffer.seek(0)
+        first = next(iter(model.parameters()), None)
+        return torch.jit.load(buffer, map_location=first.device if first is not None else "cpu")
+    return copy.deepcopy(model)
+
+
 @dataclass
 class ModelHandle:
     runtime: Runtime
@@ -68,7 +86,7 @@ class ModelHandle:
         """A copy whose model can be changed without touching this handle's."""
         model = changes.pop("model", None)
         if model is None:
-            model = copy.deepcopy(self.model)
+            model = copy_model(self.model)
         return replace(
             self,
             model=model,

@@ -21,7 +21,6 @@ names of their weight initializers). The input handle is never modified.
 from __future__ import annotations
 
 import contextlib
-import copy
 import fnmatch
 import logging
 import tempfile
@@ -38,7 +37,7 @@ from tools.errors import (
     UnsupportedDeviceError,
     UnsupportedFormatError,
 )
-from tools.handle import ModelHandle
+from tools.handle import ModelHandle, copy_model
 from tools.runtime import check_inputs, slice_batch, synthesize_inputs
 
 QuantMethod = Literal[
@@ -258,7 +257,7 @@ def _quantize_torch(
     names = torch_layer_names(handle.model, types, include, exclude)
     if not names:
         _no_layers(method, types, include, exclude)
-    model = copy.deepcopy(handle.model).eval()
+    model = copy_model(handle.model).eval()
     device = handle.device
     if method == "dynamic_int8" and not device.startswith("cuda"):
         model = _torch_ao_dynamic(model, names)
@@ -376,10 +375,16 @@ def _cast_whole(
     import torch
 
     dtype = torch.float16 if method == "fp16" else torch.bfloat16
-    model = copy.deepcopy(handle.model).eval()
+    model = copy_model(handle.model).eval()
     partial = bool(include or exclude or layer_types) and _is_module_tree(model)
     if not partial:
-        model = model.to(dtype)
+        if isinstance(model, torch.jit.ScriptModule):
+            # ScriptModule.to() can leave non-leaf weights that fail under inference_mode: cast in place.
+            for t in [*model.parameters(), *model.buffers()]:
+                if t.is_floating_point():
+                    t.data = t.data.to(dtype)
+        else:
+            model = model.to(dtype)
         step["result"].update(backend="torch", layers="all")
         return handle.with_step(model, step)
     leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]

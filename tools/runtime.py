@@ -66,7 +66,8 @@ def check_inputs(specs: list[InputSpec], inputs: dict[str, np.ndarray]) -> None:
         for axis, (have, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
             if want is not None and have != want:
                 raise DataMismatchError(
-                    f"input '{spec.name}' axis {axis} is {have}, the model expects {want} (shape {spec.shape})"
+                    f"input '{spec.name}' axis {axis} is {have}, "
+                    f"the model expects {want} (shape {spec.shape})"
                 )
 
 

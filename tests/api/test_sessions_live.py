@@ -12,7 +12,7 @@ from tests.api.session_helpers import TERMINAL, parse_sse, write_policy
 from tests.conftest import ADMIN_PASSWORD, LiveServer, LiveServerFactory
 
 # Long enough to act on mid-run: max_compression on a random-init MLP quantizes, then searches pruning
-# amounts that all break the floor (about 8 trials), each benchmark a thousand forward passes.
+# amounts that all break the floor (8 trials if the budget allowed them).
 SLOW = {
     "criteria_name": "max_compression",
     "max_trials": 8,
@@ -71,6 +71,7 @@ def _stream(
     session_id: str,
     last_id: int | None = None,
     stop_at: str = "end",
+    raw: list[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Read the stream live until an event of type `stop_at`, then disconnect."""
     h = dict(headers)
@@ -87,18 +88,22 @@ def _stream(
                 events = parse_sse(lines)
                 if events and events[-1]["event"] == stop_at:
                     break
+    if raw is not None:
+        raw.extend(lines)
     return parse_sse(lines)
 
 
 def test_live_stream_resume_with_last_event_id_and_rollback(
     live_server_factory: LiveServerFactory, tmp_path: Path
 ) -> None:
-    server = live_server_factory()
+    server = live_server_factory(env={"SSE_PING_S": "0.5"})
     headers, model_id, session_id = _start(server, tmp_path, **SLOW)
 
     # Live: the first decision arrives while the session is still running; then the client goes away.
-    first = _stream(server, headers, session_id, stop_at="decision")
+    raw: list[str] = []
+    first = _stream(server, headers, session_id, stop_at="decision", raw=raw)
     assert _status(server, headers, session_id)["status"] == "running"
+    assert any(line.startswith(":") for line in raw)  # keep-alive pings while the model is profiled
     assert first[0]["event"] == "status" and first[-1]["event"] == "decision"
     last = int(first[-1]["id"])
 

@@ -7,6 +7,8 @@ fp16 ~0.05%, bf16 ~0.4%. The assertions allow about 3x that.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -152,16 +154,22 @@ def test_onnx_refuses_torch_only_methods(mlp_onnx: ModelHandle) -> None:
         quantize(mlp_onnx, "bf16")
 
 
-def test_torchscript_int8_goes_through_onnx() -> None:
+@pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
+def test_torchscript_and_pt2_int8_go_through_onnx(tmp_path: Path, fmt: str) -> None:
+    from tools.export import export
+    from tools.loading import load_model
+
     handle = mlp_handle()
     x = synthesize_inputs(handle.inputs, batch_size=4)
-    traced = torch.jit.trace(handle.model, tuple(torch.from_numpy(v) for v in x.values()))
-    scripted = handle.clone(model=traced, format="torchscript")
-    q = quantize(scripted, "dynamic_int8")
+    loaded = load_model(export(handle, fmt, tmp_path / f"m.{'pt' if fmt == 'torchscript' else 'pt2'}"))
+    q = quantize(loaded, "dynamic_int8")
     assert q.runtime == "onnx" and q.recipe[-1]["result"]["exported_to_onnx"]
+    assert serialized_size(q) <= 0.30 * serialized_size(handle)
     assert _rel_error(forward(q, x), forward(handle, x)) < 0.05
+    half = quantize(loaded, "fp16")
+    assert half.runtime == "torch" and _rel_error(forward(half, x), forward(handle, x)) < 0.002
     with pytest.raises(UnsupportedFormatError, match="Python modules"):
-        quantize(scripted, "weight_only_int8")
+        quantize(loaded, "weight_only_int8")
 
 
 def test_bitsandbytes_layer_swap_on_bnb_cpu_backend() -> None:
