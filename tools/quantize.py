@@ -14,8 +14,11 @@ Which library does what, chosen by what really shrinks the file and runs on the 
   synthesized inputs); torch models are exported to ONNX first.
 
 Layer selection: `layer_types` (module class names such as "Linear", "Conv2d", or ONNX op types),
-`include` / `exclude` (fnmatch patterns on module qualified names, or on ONNX node names and the
-names of their weight initializers). The input handle is never modified.
+`include` / `exclude` (fnmatch patterns on torch module qualified names as `inspect_model` reports them;
+on ONNX graphs, including torch models exported for static_int8 or backend="onnxruntime", they match
+the node name, its weight initializers and the torch module the node was exported from, so
+`exclude=["head"]` keeps the head in float on every path). The step result's `kept_float` lists the
+candidate layers left in full precision. The input handle is never modified.
 """
 
 from __future__ import annotations
@@ -283,7 +286,8 @@ def _quantize_torch(
         device = device if device.startswith("cuda") else "cuda"
         model = _bnb_replace(model, method, names, device)
         backend = "bitsandbytes"
-    step["result"].update(backend=backend, layers=names)
+    candidates = torch_layer_names(handle.model, types, None, None)
+    step["result"].update(backend=backend, layers=names, kept_float=[n for n in candidates if n not in names])
     return handle.with_step(model, step, device=device)
 
 
@@ -385,7 +389,7 @@ def _cast_whole(
                     t.data = t.data.to(dtype)
         else:
             model = model.to(dtype)
-        step["result"].update(backend="torch", layers="all")
+        step["result"].update(backend="torch", layers="all", kept_float=[])
         return handle.with_step(model, step)
     leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
     chosen = {
@@ -402,7 +406,8 @@ def _cast_whole(
     for _name, module in leaves:
         module.register_forward_pre_hook(_cast_inputs_hook)
     model.register_forward_hook(_cast_output_hook(dtype))
-    step["result"].update(backend="torch", layers=sorted(chosen))
+    kept = [n for n, m in leaves if n not in chosen and any(True for _ in m.parameters(recurse=False))]
+    step["result"].update(backend="torch", layers=sorted(chosen), kept_float=kept)
     return handle.with_step(model, step)
 
 
@@ -505,18 +510,71 @@ def _gemm_to_matmul(model: Any) -> int:
     return rewritten
 
 
+def onnx_module_path(node: Any, inits: Iterable[str] = ()) -> str | None:
+    """The torch module a node was exported from ('head', 'encoder.0', 'layers.0.mlp.up_proj'), if known.
+
+    The TorchScript exporter names nodes by module scope: `/head/Gemm`, `/encoder/encoder.0/Gemm` (a
+    Sequential called as a module: its child's scope repeats the parent's name), `/layers.0/mlp/up_proj/
+    MatMul` (a ModuleList item). Failing that (unnamed nodes, the dynamo exporter), the weight
+    initializer's name (`head.weight`) gives the module.
+    """
+    name = str(node.name or "")
+    if name.startswith("/") and name.count("/") >= 2:
+        parts: list[str] = []
+        for scope in name.strip("/").split("/")[:-1]:
+            if parts and scope.startswith(".".join(parts) + "."):
+                parts = [scope]  # the scope already holds the qualified name so far
+            elif parts and scope.startswith(parts[-1] + "."):
+                parts[-1] = scope  # a Sequential's child: 'encoder' then 'encoder.0'
+            else:
+                parts.append(scope)
+        if parts:
+            return ".".join(parts)
+    init_names = set(inits)
+    for i in node.input:
+        if i in init_names and not i.startswith("onnx::"):
+            for suffix in (".weight", ".bias"):
+                if i.endswith(suffix) and len(i) > len(suffix):
+                    return i[: -len(suffix)]
+    return None
+
+
+def _onnx_node_names(node: Any, inits: set[str]) -> list[str]:
+    """Every name a pattern may match for a node: node name, weight names, torch module path."""
+    names = [node.name, *(i for i in node.input if i in inits)]
+    module = onnx_module_path(node, inits)
+    if module:
+        names.append(module)
+    return names
+
+
 def onnx_layer_names(
     model: Any, op_types: Iterable[str], include: list[str] | None, exclude: list[str] | None
 ) -> list[str]:
-    """Node names of the given op types that pass include/exclude (on node or weight names)."""
-    inits = {t.name for t in model.graph.initializer}
-    wanted = set(op_types)
+    """Node names of the given op types that pass include/exclude.
+
+    Patterns match the node name (`/head/Gemm`), its weight initializers (`head.weight`) or the torch
+    module it came from (`head`), so torch names as `inspect_model` reports them work on ONNX graphs.
+    """
     return [
         node.name
-        for node in model.graph.node
-        if node.op_type in wanted
-        and any(i in inits for i in node.input)
-        and _selected([node.name, *(i for i in node.input if i in inits)], include, exclude)
+        for node in _weight_nodes(model, op_types)
+        if _selected(_onnx_node_names(node, {t.name for t in model.graph.initializer}), include, exclude)
+    ]
+
+
+def _weight_nodes(model: Any, op_types: Iterable[str]) -> list[Any]:
+    inits = {t.name for t in model.graph.initializer}
+    wanted = set(op_types)
+    return [n for n in model.graph.node if n.op_type in wanted and any(i in inits for i in n.input)]
+
+
+def _onnx_kept_float(model: Any, op_types: Iterable[str], chosen: Iterable[str]) -> list[str]:
+    """Layers of the quantized op types left in float, by torch module path where known."""
+    inits = {t.name for t in model.graph.initializer}
+    picked = set(chosen)
+    return [
+        onnx_module_path(n, inits) or n.name for n in _weight_nodes(model, op_types) if n.name not in picked
     ]
 
 
@@ -607,7 +665,9 @@ def _quantize_onnx(
             )
             step["result"]["calibration_source"] = reader.source
         quantized = onnx.load(str(target), load_external_data=False)
-    step["result"].update(backend="onnxruntime", layers=names)
+    step["result"].update(
+        backend="onnxruntime", layers=names, kept_float=_onnx_kept_float(model, op_types, names)
+    )
     return handle.with_step(quantized, step, runtime="onnx", format="onnx", device="cpu")
 
 
@@ -637,17 +697,19 @@ def _onnx_fp16(
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     blocked = []
+    step["result"]["kept_float"] = []
     if include or exclude or layer_types:
         op_types = set(_onnx_op_types("static_int8", layer_types)) if layer_types else None
         inits = {t.name for t in model.graph.initializer}
         for node in model.graph.node:
-            names = [node.name, *(i for i in node.input if i in inits)]
             if (op_types is not None and node.op_type not in op_types) or not _selected(
-                names, include, exclude
+                _onnx_node_names(node, inits), include, exclude
             ):
                 blocked.append(node.name)
         if len(blocked) == len(model.graph.node):
             _no_layers("fp16", layer_types or ["any"], include, exclude)
+        kept = [n for n in _weight_nodes(model, _onnx_op_types("static_int8", None)) if n.name in blocked]
+        step["result"]["kept_float"] = [onnx_module_path(n, inits) or n.name for n in kept]
     # keep_io_types: callers keep feeding float32 and get float32 back.
     converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked or None)
     step["result"].update(

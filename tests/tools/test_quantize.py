@@ -111,6 +111,65 @@ def test_include_exclude_keep_layers_in_full_precision(mlp_onnx: ModelHandle) ->
     assert _rel_error(forward(partial, x), forward(handle, x)) < 0.002
 
 
+def _onnx_weight_dtypes(handle: ModelHandle) -> dict[str, set[str]]:
+    """{module: dtypes of its weight initializers} for the MLP's three Linear layers in an ONNX graph."""
+    from onnx import helper
+
+    out: dict[str, set[str]] = {}
+    for t in handle.model.graph.initializer:
+        for module in ("encoder.0", "encoder.2", "head"):
+            if t.name.startswith(module + ".weight"):
+                out.setdefault(module, set()).add(str(helper.tensor_dtype_to_np_dtype(t.data_type)))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("method", "backend", "low"),
+    [
+        ("static_int8", "auto", "int8"),
+        ("dynamic_int8", "onnxruntime", "int8"),
+        ("fp16", "onnxruntime", "float16"),
+    ],
+)
+def test_torch_layer_names_select_layers_through_onnx(method: str, backend: str, low: str) -> None:
+    """Patterns written with torch module names (as inspect_model and the rules planner give them) select
+    the same layers when a torch model is quantized through ONNX Runtime."""
+    handle = mlp_handle()
+    x = synthesize_inputs(handle.inputs, batch_size=8, seed=1)
+    q = quantize(handle, method, exclude=["head"], backend=backend)
+    assert q.runtime == "onnx" and q.recipe[-1]["result"]["kept_float"] == ["head"]
+    dtypes = _onnx_weight_dtypes(q)
+    assert low not in dtypes["head"] and "float32" in dtypes["head"], dtypes
+    assert low in dtypes["encoder.0"] and low in dtypes["encoder.2"], dtypes
+    assert _rel_error(forward(q, x), forward(handle, x)) < 0.06
+    only = quantize(handle, method, include=["encoder.0"], backend=backend)
+    assert only.recipe[-1]["result"]["kept_float"] == ["encoder.2", "head"]
+    dtypes = _onnx_weight_dtypes(only)
+    assert low in dtypes["encoder.0"] and low not in dtypes["encoder.2"] | dtypes["head"], dtypes
+    # The user's block patterns ("don't quantize the encoder" -> 'encoder*') work the same way.
+    blocked = quantize(handle, method, exclude=["encoder*"], backend=backend)
+    assert blocked.recipe[-1]["result"]["kept_float"] == ["encoder.0", "encoder.2"]
+
+
+def test_module_path_of_exported_nodes() -> None:
+    from onnx import helper
+
+    from tools.quantize import onnx_module_path
+
+    def node(name: str, *inputs: str) -> object:
+        return helper.make_node("MatMul", list(inputs) or ["x", "w"], ["y"], name=name)
+
+    assert onnx_module_path(node("/head/Gemm")) == "head"
+    assert onnx_module_path(node("/encoder/encoder.0/Gemm")) == "encoder.0"
+    assert (
+        onnx_module_path(node("/vision_dino/blocks.0/attn/q_proj/MatMul"))
+        == "vision_dino.blocks.0.attn.q_proj"
+    )
+    assert onnx_module_path(node("/layers.1/mlp/up_proj/MatMul")) == "layers.1.mlp.up_proj"
+    assert onnx_module_path(node("node_linear_3", "x", "head.weight"), ["head.weight"]) == "head"
+    assert onnx_module_path(node("MatMul_0", "x", "onnx::MatMul_12"), ["onnx::MatMul_12"]) is None
+
+
 def test_cnn_static_int8_calibrates_on_eval_data() -> None:
     from tools.handle import EvalData
 
