@@ -11,18 +11,18 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from sqlmodel import select
 
 from api import __version__
 from api.errors import install_error_handlers
-from api.log import configure_logging
+from api.log import configure_logging, security_event
 from api.metrics import Metrics
-from api.middleware import REQUEST_ID_HEADER, RequestContextMiddleware
+from api.middleware import REQUEST_ID_HEADER, ApiCORSMiddleware, RequestContextMiddleware
 from api.ratelimit import LoginRateLimiter
 from api.routers import all_routers
 from api.security import (
     DEFAULT_ADMIN_PASSWORD,
+    InsecureConfigurationError,
     check_production_settings,
     hash_password,
     load_or_create_secret,
@@ -61,9 +61,18 @@ Every error answers with `{"error", "message", "details"}`; every response carri
 
 
 async def bootstrap_admin(app: FastAPI) -> None:
-    """Create the configured admin if missing; warn at every start while it still has the default password."""
+    """Create the configured admin if missing; rotate an existing admin off the default password.
+
+    An admin created earlier with the default password (a development start without
+    ADMIN_PASSWORD) gets the configured ADMIN_PASSWORD at the next start that sets one: in production
+    that password has already passed `check_production_settings`, so production never runs with
+    admin/admin. A password changed to anything else than the default is left alone (the
+    administrator may have changed it through the API). Without ADMIN_PASSWORD (development only)
+    the default stays, with a warning at every start.
+    """
     settings: Settings = app.state.settings
-    password = settings.admin_password or DEFAULT_ADMIN_PASSWORD
+    configured = settings.admin_password
+    password = configured or DEFAULT_ADMIN_PASSWORD
     async with app.state.sessionmaker() as db:
         admin = (await db.exec(select(User).where(User.username == settings.admin_username))).first()
         if admin is None:
@@ -71,12 +80,29 @@ async def bootstrap_admin(app: FastAPI) -> None:
             db.add(User(username=settings.admin_username, hashed_password=hashed, role="admin"))
             await db.commit()
             log.info("created administrator '%s'", settings.admin_username)
-            uses_default = settings.admin_password is None
+            uses_default = password == DEFAULT_ADMIN_PASSWORD
         else:
             uses_default = await asyncio.to_thread(
                 verify_password, DEFAULT_ADMIN_PASSWORD, admin.hashed_password
             )
+            if uses_default and configured and configured != DEFAULT_ADMIN_PASSWORD:
+                admin.hashed_password = await asyncio.to_thread(hash_password, configured)
+                db.add(admin)
+                await db.commit()
+                uses_default = False
+                security_event("admin_default_password_replaced", username=settings.admin_username)
+                log.warning(
+                    "administrator '%s' still had the default password: replaced by ADMIN_PASSWORD",
+                    settings.admin_username,
+                )
     if uses_default:
+        if (
+            settings.environment == "production"
+        ):  # unreachable after check_production_settings; belt and braces
+            raise InsecureConfigurationError(
+                f"refusing to start in production: administrator '{settings.admin_username}' "
+                "has the default password. Set ADMIN_PASSWORD."
+            )
         log.warning(
             "administrator '%s' has the default password '%s': set ADMIN_PASSWORD "
             "(production refuses to start)",
@@ -160,7 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            ApiCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_credentials=False,  # bearer tokens, no cookies
             allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],

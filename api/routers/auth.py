@@ -6,6 +6,7 @@ import asyncio
 import json
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request
 from fastapi.exceptions import RequestValidationError
@@ -38,18 +39,40 @@ _LOGIN_BODY: dict[str, Any] = {
         },
     }
 }
-_MAX_LOGIN_BODY = 16 * 1024
+MAX_LOGIN_BODY = 16 * 1024  # credentials are tiny; nothing past this is read
+
+
+def _too_large() -> ApiError:
+    return ApiError(413, "payload_too_large", "Login body too large", {"max_bytes": MAX_LOGIN_BODY})
+
+
+async def _read_limited_body(request: Request) -> bytes:
+    """The body, refused with 413 when the declared or the received size passes MAX_LOGIN_BODY.
+
+    Reading stops at the first chunk past the limit: a client cannot make the server buffer more.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > MAX_LOGIN_BODY:
+                raise _too_large()
+        except ValueError:
+            raise ApiError(400, "bad_request", "Invalid Content-Length header") from None
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_LOGIN_BODY:
+            raise _too_large()
+    return bytes(body)
 
 
 async def _read_credentials(request: Request) -> LoginRequest:
-    body = await request.body()
-    if len(body) > _MAX_LOGIN_BODY:
-        raise ApiError(413, "payload_too_large", "Login body too large")
+    body = await _read_limited_body(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     try:
         if content_type == "application/x-www-form-urlencoded":
-            form = await request.form()
-            raw: Any = {k: v for k, v in form.items() if isinstance(v, str)}
+            pairs = parse_qsl(body.decode("utf-8", errors="replace"), keep_blank_values=True)
+            raw: Any = dict(pairs)
         else:
             raw = json.loads(body or b"null")
         return LoginRequest.model_validate(raw)
@@ -64,7 +87,7 @@ async def _read_credentials(request: Request) -> LoginRequest:
     response_model=TokenResponse,
     summary="Log in and get a bearer token",
     openapi_extra=_LOGIN_BODY,
-    responses=error_responses(401, 413, 422, 429),
+    responses=error_responses(400, 401, 413, 422, 429),
 )
 async def login(request: Request, db: DbDep, settings: SettingsDep) -> TokenResponse:
     """Takes `{"username", "password"}` as JSON, or the OAuth2 password form (Swagger's Authorize)."""
@@ -73,8 +96,11 @@ async def login(request: Request, db: DbDep, settings: SettingsDep) -> TokenResp
     metrics = request.app.state.metrics
     client = client_address(request)
 
-    wait = limiter.retry_after(client, credentials.username)
-    if wait is not None:
+    # Check and reserve in one step, before the slow password check: concurrent guesses each take
+    # a slot, so at most LOGIN_RATE_LIMIT wrong guesses per window are ever verified.
+    reservation = limiter.reserve(client, credentials.username)
+    if isinstance(reservation, int):
+        wait = reservation
         metrics.logins.labels("rate_limited").inc()
         security_event("login_rate_limited", username=credentials.username, client=client, retry_after_s=wait)
         raise ApiError(
@@ -85,13 +111,17 @@ async def login(request: Request, db: DbDep, settings: SettingsDep) -> TokenResp
             headers={"Retry-After": str(wait)},
         )
 
-    user = (await db.exec(select(User).where(User.username == credentials.username))).first()
-    # argon2 is deliberately slow: verify off the event loop, and also for unknown users (timing).
-    ok = await asyncio.to_thread(
-        verify_password, credentials.password, user.hashed_password if user else None
-    )
+    try:
+        user = (await db.exec(select(User).where(User.username == credentials.username))).first()
+        # argon2 is deliberately slow: verify off the event loop, and also for unknown users (timing).
+        ok = await asyncio.to_thread(
+            verify_password, credentials.password, user.hashed_password if user else None
+        )
+    except BaseException:
+        limiter.release(reservation)  # no answer was given: the attempt does not count
+        raise
     if not ok or user is None or not user.is_active:
-        limiter.record_failure(client, credentials.username)
+        limiter.fail(reservation)
         metrics.logins.labels("failed").inc()
         reason = "unknown_user" if user is None else ("disabled" if ok else "bad_password")
         security_event("login_failed", username=credentials.username, client=client, reason=reason)
@@ -102,7 +132,7 @@ async def login(request: Request, db: DbDep, settings: SettingsDep) -> TokenResp
             headers={"WWW-Authenticate": "Bearer"},
         )
 
-    limiter.reset(client, credentials.username)
+    limiter.succeed(reservation)
     metrics.logins.labels("success").inc()
     token, expires_in = create_access_token(
         request.app.state.jwt_secret, user.id, user.role, settings.access_token_expire_minutes

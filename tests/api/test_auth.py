@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import os
 import secrets
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -321,3 +323,141 @@ def test_cli_refuses_to_serve_in_production_with_defaults(
         get_settings.cache_clear()
     err = capsys.readouterr().err
     assert "JWT_SECRET_KEY" in err and "ADMIN_PASSWORD" in err
+
+
+async def _login_status(app: FastAPI, username: str, password: str) -> int:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+        return (await c.post("/auth/login", json={"username": username, "password": password})).status_code
+
+
+async def test_production_start_replaces_a_leftover_default_admin_password(
+    tmp_path, db_url, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    dev = create_app(make_settings(data, db_url, admin_password=None))
+    async with dev.router.lifespan_context(dev):
+        assert await _login_status(dev, "admin", "admin") == 200  # created as admin/admin
+    strong = "a-strong-admin-passphrase"
+    prod = create_app(
+        make_settings(
+            data,
+            db_url,
+            environment="production",
+            admin_password=strong,
+            jwt_secret_key=secrets.token_urlsafe(48),
+        )
+    )
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        async with prod.router.lifespan_context(prod):
+            assert await _login_status(prod, "admin", "admin") == 401
+            assert await _login_status(prod, "admin", strong) == 200
+    messages = [rec.getMessage() for rec in caplog.records]
+    assert any("admin_default_password_replaced" in m for m in messages)
+    assert not any("has the default password" in m for m in messages)
+
+
+async def test_a_changed_admin_password_is_not_overwritten_at_start(tmp_path, db_url) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    app = create_app(make_settings(data, db_url))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            token = (
+                await c.post("/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+            ).json()["access_token"]
+            me = (await c.get("/auth/me", headers=_bearer(token))).json()
+            r = await c.patch(
+                f"/users/{me['id']}", json={"password": "changed-through-the-api-1"}, headers=_bearer(token)
+            )
+            assert r.status_code == 200, r.text
+    again = create_app(make_settings(data, db_url, admin_password="another-configured-password"))
+    async with again.router.lifespan_context(again):
+        assert await _login_status(again, "admin", "changed-through-the-api-1") == 200
+        assert await _login_status(again, "admin", "another-configured-password") == 401
+
+
+async def test_parallel_wrong_guesses_cannot_pass_the_rate_limit(
+    client: httpx.AsyncClient, settings, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    from api.routers import auth as auth_router
+
+    verified: list[str] = []
+    real_verify = auth_router.verify_password
+
+    def slow_verify(password: str, hashed: str | None) -> bool:
+        verified.append(password)
+        time.sleep(0.2)  # argon2 with production parameters: every request is in flight at once
+        return real_verify(password, hashed)
+
+    monkeypatch.setattr(auth_router, "verify_password", slow_verify)
+    guesses = [f"guess-{i}" for i in range(30)]
+    responses = await asyncio.gather(
+        *(client.post("/auth/login", json={"username": ADMIN_USERNAME, "password": g}) for g in guesses)
+    )
+    statuses = sorted(r.status_code for r in responses)
+    limit = settings.login_rate_limit
+    assert statuses == [401] * limit + [429] * (len(guesses) - limit)
+    assert len(verified) == limit
+    # The window is full: the right password is refused too.
+    r = await client.post("/auth/login", json={"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD})
+    assert r.status_code == 429
+
+
+async def test_rate_limit_is_keyed_per_client_and_username(app: FastAPI, client, make_user, settings) -> None:  # type: ignore[no-untyped-def]
+    user = await make_user("user")
+
+    def from_address(host: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(host, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://t")
+
+    async with from_address("10.0.0.1") as attacker, from_address("10.0.0.2") as other:
+        for _ in range(settings.login_rate_limit):
+            r = await attacker.post("/auth/login", json={"username": ADMIN_USERNAME, "password": "wrong"})
+            assert r.status_code == 401
+        r = await attacker.post("/auth/login", json={"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD})
+        assert r.status_code == 429
+        # Another username from the same client is not blocked: it can still log in.
+        r = await attacker.post(
+            "/auth/login", json={"username": user.username, "password": "user-test-password-1"}
+        )
+        assert r.status_code == 200
+        # The same username from another client is not blocked either.
+        r = await other.post("/auth/login", json={"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD})
+        assert r.status_code == 200
+
+
+async def test_oversized_login_body_is_413_without_reading_it(client: httpx.AsyncClient) -> None:
+    # A declared size over the limit: refused before a byte is read.
+    r = await client.post(
+        "/auth/login",
+        content=b"{}",
+        headers={"content-type": "application/json", "content-length": str(10 * 1024 * 1024)},
+    )
+    assert r.status_code == 413
+    assert r.json() == {
+        "error": "payload_too_large",
+        "message": "Login body too large",
+        "details": {"max_bytes": 16 * 1024},
+    }
+
+    # No Content-Length (chunked): reading stops just past the limit, not at the end of 64 MiB.
+    sent: list[int] = []
+
+    async def endless() -> AsyncIterator[bytes]:
+        for _ in range(64 * 1024):
+            sent.append(1)
+            yield b"x" * 1024
+
+    r = await client.post("/auth/login", content=endless(), headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"] == "payload_too_large"
+    assert len(sent) <= 32, f"the server read {len(sent)} KiB"
+    # A normal login still works, with JSON and with the form.
+    r = await client.post("/auth/login", data={"username": ADMIN_USERNAME, "password": ADMIN_PASSWORD})
+    assert r.status_code == 200
+
+
+async def test_logout_without_a_token_is_401(client: httpx.AsyncClient) -> None:
+    r = await client.post("/auth/logout")
+    assert r.status_code == 401
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert set(r.json()) == {"error", "message", "details"} and r.json()["error"] == "unauthorized"
