@@ -10,6 +10,9 @@ import re
 import time
 import uuid
 
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import ErrorBody
@@ -97,3 +100,24 @@ async def _send_internal_error(send: Send, request_id: str) -> None:
         }
     )
     await send({"type": "http.response.body", "body": body})
+
+
+class ApiCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS middleware, with a refused preflight answered in the API's error body."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code < 400:
+            return response
+        # Starlette says "Disallowed CORS origin, method" in plain text; keep its CORS headers.
+        reason = bytes(response.body).decode("utf-8", errors="replace")
+        refused = reason.removeprefix("Disallowed CORS ").split(", ")
+        headers = {
+            k: v for k, v in response.headers.items() if k.lower() not in ("content-length", "content-type")
+        }
+        body = ErrorBody(
+            error="cors_forbidden",
+            message="CORS preflight refused",
+            details={"refused": refused, "reason": reason},
+        )
+        return JSONResponse(body.model_dump(), status_code=response.status_code, headers=headers)

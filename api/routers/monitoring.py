@@ -126,22 +126,24 @@ def _system_figures(data_dir: Path) -> dict[str, Any]:
 @router.get(
     "/monitoring/system",
     response_model=SystemStatus,
-    summary="System status: CPU, memory, disk, GPU, models, sessions",
+    summary="System status: CPU, memory, disk, GPU; your models and sessions (all for admins)",
     responses=error_responses(401),
 )
 async def system_status(
     request: Request, user: CurrentUser, db: DbDep, settings: SettingsDep
 ) -> SystemStatus:
     figures = await asyncio.to_thread(_system_figures, Path(settings.data_dir))
-    count, storage = (
-        await db.exec(
-            select(func.count(), func.coalesce(func.sum(ModelRecord.size_bytes), 0)).select_from(ModelRecord)
-        )
-    ).one()
-    counts = await session_counts(db)
+    # Machine-wide figures for everyone; models and sessions only the caller's (all for admins).
+    everything = user.role == "admin"
+    query = select(func.count(), func.coalesce(func.sum(ModelRecord.size_bytes), 0)).select_from(ModelRecord)
+    if not everything:
+        query = query.where(ModelRecord.owner_id == user.id)
+    count, storage = (await db.exec(query)).one()
+    counts = await session_counts(db, owner_id=None if everything else user.id)
     return SystemStatus(
         version=__version__,
         uptime_s=round(time.monotonic() - request.app.state.started_at, 3),
+        scope="all" if everything else "own",
         model_count=int(count),
         model_storage_bytes=int(storage),
         active_sessions=active_count(counts),

@@ -39,9 +39,12 @@ class SystemStatus(BaseModel):
     disk_percent: float
     gpus: list[GpuInfo]
     gpu_available: bool
-    model_count: int
-    model_storage_bytes: int
-    active_sessions: int
+    scope: Literal["own", "all"] = Field(
+        description="Whose models and sessions the counts cover: the caller's own, or all (admins)."
+    )
+    model_count: int = Field(description="Models of the caller (all models for admins).")
+    model_storage_bytes: int = Field(description="Their stored size (all models for admins).")
+    active_sessions: int = Field(description="Queued + running sessions of the caller (all for admins).")
     process_rss_bytes: int
 
 

@@ -86,6 +86,20 @@ async def test_cors_allows_only_configured_origins(cors_app: FastAPI) -> None:
                 },
             )
             assert pre.status_code == 200
+            # A refused preflight answers in the API's error body, with the CORS headers kept.
+            refused = await c.options(
+                "/models",
+                headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
+            )
+            assert refused.status_code == 400
+            assert refused.headers["content-type"] == "application/json"
+            assert refused.json() == {
+                "error": "cors_forbidden",
+                "message": "CORS preflight refused",
+                "details": {"refused": ["origin"], "reason": "Disallowed CORS origin"},
+            }
+            assert "access-control-allow-origin" not in refused.headers
+            assert refused.headers["x-request-id"]
 
 
 async def test_no_cors_headers_without_configuration(client: httpx.AsyncClient) -> None:

@@ -116,8 +116,11 @@ async def test_session_metrics_count_by_status_and_owner(
     }
     everything = (await client.get("/monitoring/sessions/metrics", headers=admin_headers)).json()
     assert everything["total"] == 4 and everything["active"] == 2
-    system = (await client.get("/monitoring/system", headers=bob)).json()
-    assert system["active_sessions"] == 2
+    # /monitoring/system counts only the caller's sessions (all for admins).
+    assert (await client.get("/monitoring/system", headers=bob)).json()["active_sessions"] == 0
+    assert (await client.get("/monitoring/system", headers=alice)).json()["active_sessions"] == 2
+    system = (await client.get("/monitoring/system", headers=admin_headers)).json()
+    assert system["active_sessions"] == 2 and system["scope"] == "all"
 
 
 async def test_upload_metrics_and_model_storage(
@@ -134,3 +137,32 @@ async def test_upload_metrics_and_model_storage(
     assert 'robopt_uploads_total{kind="model",result="accepted"} 1.0' in text
     assert 'robopt_uploads_total{kind="model",result="refused"} 1.0' in text
     assert f"robopt_upload_bytes_total {float(good.stat().st_size)}" in text
+
+
+async def test_system_status_scopes_models_to_the_caller(
+    client: httpx.AsyncClient,
+    admin_headers: AuthHeaders,
+    make_user: MakeUser,
+    upload_model: UploadModel,
+    tmp_path: Path,
+) -> None:
+    from tests.api import model_files as mf
+
+    alice, bob = await make_user("user"), await make_user("user")
+    model = mf.onnx_model(tmp_path / "m.onnx")
+    size = model.stat().st_size
+    for _ in range(2):
+        assert (await upload_model(alice, model)).status_code == 200
+    mine = (await client.get("/monitoring/system", headers=alice)).json()
+    assert mine["scope"] == "own"
+    assert mine["model_count"] == 2 and mine["model_storage_bytes"] == 2 * size
+    # Bob sees none of Alice's models, but the same machine-wide figures.
+    theirs = (await client.get("/monitoring/system", headers=bob)).json()
+    assert theirs["scope"] == "own"
+    assert (
+        theirs["model_count"] == 0 and theirs["model_storage_bytes"] == 0 and theirs["active_sessions"] == 0
+    )
+    assert theirs["cpu_count"] == mine["cpu_count"] and theirs["disk_total_bytes"] == mine["disk_total_bytes"]
+    everything = (await client.get("/monitoring/system", headers=admin_headers)).json()
+    assert everything["scope"] == "all"
+    assert everything["model_count"] == 2 and everything["model_storage_bytes"] == 2 * size
