@@ -216,6 +216,11 @@ def _torch_flops(handle: ModelHandle, notes: list[str]) -> int | None:
 # ONNX
 
 
+def _is_onnx_float(np_dtype: Any) -> bool:
+    """float16/32/64, and the ml_dtypes floats (bfloat16, float8_*) numpy sees as raw 'V' records."""
+    return np_dtype.kind == "f" or (np_dtype.kind == "V" and np_dtype.name.startswith(("bfloat16", "float8")))
+
+
 def _onnx_layers(
     handle: ModelHandle,
 ) -> tuple[list[LayerInfo], list[str], list[str], float, int | None, list[str]]:
@@ -240,7 +245,8 @@ def _onnx_layers(
     zeros = total_weights = 0
     for name, tensor in inits.items():
         np_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
-        if np_dtype.kind not in "fiu" or np_dtype == np.int64:
+        is_float = _is_onnx_float(np_dtype)
+        if (np_dtype.kind not in "iu" and not is_float) or np_dtype == np.int64:
             continue  # shapes, axes and other int64 constants are not weights
         numel = int(np.prod(tensor.dims)) if tensor.dims else 1
         node = consumer.get(name)
@@ -255,7 +261,7 @@ def _onnx_layers(
                 shape=[int(d) for d in tensor.dims],
             )
         )
-        if np_dtype.kind == "f" and numel > 1 and node is not None and node.op_type in _ONNX_WEIGHT_OPS:
+        if is_float and numel > 1 and node is not None and node.op_type in _ONNX_WEIGHT_OPS:
             arr = numpy_helper.to_array(tensor)
             if arr.ndim >= 2:
                 zeros += int((arr == 0).sum())

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tools.errors import DataMismatchError
+from tools.errors import DataMismatchError, UnsupportedFormatError
 from tools.handle import InputSpec, ModelHandle
 
 _NP_DTYPES = {
@@ -132,6 +132,15 @@ def onnx_session(handle: ModelHandle) -> Any:
         providers = ["CPUExecutionProvider"]
         if handle.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(handle.model.SerializeToString(), options, providers=providers)
+        try:
+            session = ort.InferenceSession(handle.model.SerializeToString(), options, providers=providers)
+        except Exception as exc:
+            if "NOT_IMPLEMENTED" not in str(exc):
+                raise
+            raise UnsupportedFormatError(
+                "ONNX Runtime has no kernel for an operator of this graph (bfloat16 layers are the usual "
+                "cause); convert the model to float16 or float32",
+                details=str(exc)[:500],
+            ) from exc
         handle.cache["ort_session"] = session
     return session

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from tests.tools.conftest import POLICY_REF, assert_same_weights, mlp_handle, weights_snapshot
-from tools.errors import InvalidArgumentError, UnsupportedFormatError
+from tools.errors import UnsupportedFormatError
 from tools.export import export, serialized_size, to_onnx_model
 from tools.loading import load_model
 from tools.quantize import quantize
@@ -70,13 +70,16 @@ def test_torch_ao_int8_exports_to_torchscript(tmp_path: Path) -> None:
     loaded = load_model(path)
     x = synthesize_inputs(q.inputs, batch_size=3)
     np.testing.assert_allclose(forward(loaded, x), forward(q, x), rtol=1e-5, atol=1e-6)
-    assert path.stat().st_size < 0.4 * serialized_size(mlp_handle())
+    fp32 = export(mlp_handle(), "torchscript", tmp_path / "fp32.pt")
+    assert path.stat().st_size <= 0.30 * fp32.stat().st_size  # measured 26.6%
+    assert path.stat().st_size <= 0.30 * serialized_size(mlp_handle())
 
 
 def test_export_refusals(tmp_path: Path) -> None:
     handle = mlp_handle()
-    with pytest.raises(InvalidArgumentError, match="unknown export format"):
+    with pytest.raises(UnsupportedFormatError, match="unknown export format") as refused:
         export(handle, "tflite", tmp_path / "m.tflite")
+    assert refused.value.code == "unsupported_format"  # as load_model refuses formats it cannot read
     q = quantize(handle, "dynamic_int8")
     with pytest.raises(UnsupportedFormatError, match="cannot be exported to ONNX"):
         export(q, "onnx", tmp_path / "q.onnx")
@@ -111,3 +114,67 @@ def test_integer_input_ranges_survive_export(tmp_path: Path) -> None:
         assert (spec.dtype, spec.low, spec.high) == ("int64", 0, 50), fmt
         x = synthesize_inputs(loaded.inputs, batch_size=3)
         np.testing.assert_allclose(forward(loaded, x), forward(handle, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("method", "backend", "fmt", "tolerance"),
+    [
+        ("dynamic_int8", "onnxruntime", "onnx", 0.05),
+        ("dynamic_int8", "auto", "torchscript", 0.05),
+        ("weight_only_int8", "auto", "pt2", 0.02),
+    ],
+)
+def test_int8_files_are_at_most_30_percent_of_fp32_files(
+    tmp_path: Path, method: str, backend: str, fmt: str, tolerance: float
+) -> None:
+    """The size criterion on the files users download, each int8 path in the format it is used in.
+
+    Measured on the 0.3 M-parameter MLP: ONNX Runtime dynamic int8 25.6% of the fp32 ONNX file, torch.ao
+    int8 TorchScript 26.6%, torchao weight-only int8 .pt2 29.8% (31.1% before export dropped the stack
+    traces torch.export stores per node; what remains above 25% is the int8 dequantization traced into
+    the graph's JSON, the per-row fp32 scales and int8 zero points, fp32 biases and the pickled tensor
+    subclass wrappers).
+    """
+    handle = mlp_handle()
+    suffix = {"onnx": "onnx", "torchscript": "pt", "pt2": "pt2"}[fmt]
+    fp32 = export(handle, fmt, tmp_path / f"fp32.{suffix}")
+    q = quantize(handle, method, backend=backend)
+    path = export(q, fmt, tmp_path / f"int8.{suffix}")
+    assert path.stat().st_size <= 0.30 * fp32.stat().st_size, path.stat().st_size / fp32.stat().st_size
+    loaded = load_model(path)
+    x = synthesize_inputs(handle.inputs, batch_size=8, seed=2)
+    reference = forward(handle, x)
+    out = forward(loaded, x)
+    np.testing.assert_allclose(out, forward(q, x), rtol=1e-4, atol=1e-5)
+    assert np.linalg.norm(out - reference) / np.linalg.norm(reference) < tolerance
+
+
+def test_bf16_refuses_onnx_export_and_bf16_onnx_files_are_profiled(tmp_path: Path) -> None:
+    import onnx
+    import torch
+
+    from tests.tools.conftest import build_mlp
+    from tools.profile import inspect_model
+
+    handle = mlp_handle()
+    half = quantize(handle, "bf16")
+    with pytest.raises(UnsupportedFormatError, match="bf16 model cannot be exported to ONNX.*fp16"):
+        export(half, "onnx", tmp_path / "bf16.onnx")
+    with pytest.raises(UnsupportedFormatError, match="bf16"):
+        quantize(half, "dynamic_int8", backend="onnxruntime")
+    assert not (tmp_path / "bf16.onnx").exists()
+    x = synthesize_inputs(handle.inputs, batch_size=2)
+    kept = load_model(export(half, "torchscript", tmp_path / "bf16.pt"))  # torch formats keep bf16
+    np.testing.assert_allclose(forward(kept, x), forward(half, x), rtol=1e-2, atol=1e-2)
+    # A bf16 ONNX file made elsewhere: its weights are counted, and running it is a typed refusal.
+    path = tmp_path / "outside_bf16.onnx"
+    torch.onnx.export(build_mlp().to(torch.bfloat16), (torch.randn(2, 64, dtype=torch.bfloat16),), str(path),
+                      input_names=["obs"], output_names=["output"], dynamo=False)  # fmt: skip
+    onnx.checker.check_model(str(path))
+    outside = load_model(path)
+    profile = inspect_model(outside)
+    params = sum(p.numel() for p in build_mlp().parameters())
+    assert profile.total_parameters == params and profile.dtypes == {"bfloat16": params}
+    assert profile.quantizable_layers == ["/encoder/encoder.0/Gemm", "/encoder/encoder.2/Gemm", "/head/Gemm"]
+    with pytest.raises(UnsupportedFormatError, match="no kernel"):
+        forward(outside, {"obs": np.zeros((1, 64), dtype=np.float32)})
