@@ -19,6 +19,8 @@ class Executor(Protocol):
 
     def is_running(self, session_id: str) -> bool: ...
 
+    def is_started(self, session_id: str) -> bool: ...
+
     def active(self) -> list[str]: ...
 
     async def shutdown(self) -> None: ...
@@ -31,6 +33,7 @@ class InProcessExecutor:
         self._run = run
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._started: set[str] = set()  # sessions holding a slot (the others wait, `queued`)
 
     def submit(self, session_id: str) -> None:
         if session_id in self._tasks and not self._tasks[session_id].done():
@@ -41,16 +44,23 @@ class InProcessExecutor:
 
     async def _guarded(self, session_id: str) -> None:
         async with self._slots:
+            self._started.add(session_id)
             try:
                 await self._run(session_id)
             except asyncio.CancelledError:
                 raise
             except Exception:  # the runner records failures itself; this is the last line of defence
                 log.exception("session %s crashed in the executor", session_id)
+            finally:
+                self._started.discard(session_id)
 
     def is_running(self, session_id: str) -> bool:
         task = self._tasks.get(session_id)
         return task is not None and not task.done()
+
+    def is_started(self, session_id: str) -> bool:
+        """True once the session holds a slot; a submitted session waiting for one is not started."""
+        return session_id in self._started and self.is_running(session_id)
 
     def active(self) -> list[str]:
         return [sid for sid, t in self._tasks.items() if not t.done()]

@@ -160,6 +160,10 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
         trials = _trials(state)
         n = len(trials) + 1
         update: dict[str, Any] = {"pending": None, "candidate": None}
+        if state.get("baseline"):
+            # The incoming state is checkpointed: the session row (trials done, partial results, the
+            # messages and rollbacks it has taken) is brought up to it here, never ahead of it.
+            await ctx.on_progress(dict(state))
 
         # Rollback requests (from the API) move the current version before anything else.
         if ctx.rollback_requests:
@@ -167,16 +171,20 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
             update.update(moved)
             state = {**state, **moved}  # type: ignore[typeddict-item]
 
-        # Chat: new user messages become constraints and get an answer in the stream.
+        # Chat: new user messages become constraints and get an answer in the stream. `take_messages`
+        # gives every user message so far, in order; the checkpointed `messages_seen` says which
+        # ones this session has already taken, so a plan re-run after a crash neither loses nor
+        # repeats one.
         instructions = Instructions.model_validate(state.get("instructions") or {})
-        messages = await ctx.take_messages()
+        seen = int(state.get("messages_seen", 0))
+        messages = (await ctx.take_messages())[seen:]
         new_texts: list[str] = []
         for text in messages:
             instructions, answer = apply_message(instructions, text, module_names(state.get("profile", {})))
             new_texts.append(text)
             await ctx.reply(answer)
         update["instructions"] = instructions.model_dump()
-        update["messages_seen"] = int(state.get("messages_seen", 0)) + len(messages)
+        update["messages_seen"] = seen + len(messages)
 
         reason = None
         if ctx.cancelled():
@@ -257,6 +265,7 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
         return update
 
     async def apply(state: GraphState) -> dict[str, Any]:
+        await ctx.on_progress(dict(state))  # plan's checkpoint is written: what it took is durable
         action = Action.model_validate(state["pending"])
         versions = _versions(state)
         n = len(state.get("trials", [])) + 1
@@ -276,8 +285,9 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
                     "tools": [c.tool for c in action.calls],
                     "error": message,
                     "error_code": getattr(err, "code", type(err).__name__),
+                    "attempt": ctx.attempt,
                 },
-                f"t{n}.tool",
+                f"t{n}.tool.a{ctx.attempt}",
             )
             return {
                 "candidate": {
@@ -288,7 +298,31 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
                 }
             }
         vid = f"v{n}"
-        path, fmt = await asyncio.to_thread(ctx.workspace.save, vid, handle)
+        try:
+            path, fmt = await asyncio.to_thread(ctx.workspace.save, vid, handle)
+        except Exception as err:  # a candidate that cannot be saved is a failed trial, never a dead session
+            message = f"the candidate could not be saved: {_error_text(err)}"[:1000]
+            await ctx.emit(
+                "tool.result",
+                {
+                    "trial": n,
+                    "ok": False,
+                    "tools": [c.tool for c in action.calls],
+                    "stage": "save",
+                    "error": message,
+                    "error_code": type(err).__name__,
+                    "attempt": ctx.attempt,
+                },
+                f"t{n}.tool.a{ctx.attempt}",
+            )
+            return {
+                "candidate": {
+                    "trial": n,
+                    "base": base_id,
+                    "error": message,
+                    "duration_s": time.time() - started,
+                }
+            }
         steps = handle.recipe[-len(action.calls) :] if handle.recipe else []
         ctx.workspace.remember(vid, handle, keep={state["current_version"], BASELINE_VERSION, base_id})
         await ctx.emit(
@@ -300,8 +334,9 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
                 "version": vid,
                 "artifact_format": fmt,
                 "steps": _jsonable(steps),
+                "attempt": ctx.attempt,
             },
-            f"t{n}.tool",
+            f"t{n}.tool.a{ctx.attempt}",
         )
         return {
             "candidate": {
@@ -401,8 +436,9 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
                     "current_objective": cur_score,
                     "meets_criteria": ok,
                     "size_reduction_percent": round(size_reduction_percent(baseline, m), 2),
+                    "attempt": ctx.attempt,
                 },
-                f"t{n}.evaluation",
+                f"t{n}.evaluation.a{ctx.attempt}",
             )
             from agents.critic import template_explanation
 
@@ -461,12 +497,20 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
         update["versions"] = {k: v.model_dump() for k, v in versions.items()}
         new_state = {**state, **update}
         await ctx.emit("progress", _progress(new_state, f"trial {n} done"), f"t{n}.progress")
-        await ctx.on_progress(new_state)
+        # The session row (trials_done, partial results) is written by the next node, from the state
+        # this node's checkpoint holds: a kill between here and the checkpoint cannot count a trial
+        # that the resumed run evaluates again.
         return update
 
     async def report(state: GraphState) -> dict[str, Any]:
-        result = build_report(state)
-        return {"report": result, "finished": True, "pending": None, "candidate": None}
+        update: dict[str, Any] = {"finished": True, "pending": None, "candidate": None}
+        if ctx.rollback_requests and state.get("versions"):
+            # A rollback that arrived after the last planning step still applies to the result.
+            moved = await _apply_rollbacks(ctx, state)
+            update.update(moved)
+            state = {**state, **moved}  # type: ignore[typeddict-item]
+        update["report"] = build_report(state)
+        return update
 
     def after_plan(state: GraphState) -> str:
         if state.get("finished") or not state.get("pending"):
@@ -509,6 +553,7 @@ def initial_state(
         candidate=None,
         instructions=Instructions().model_dump(),
         messages_seen=0,
+        rollbacks_applied=[],
         started_at=time.time(),
         finished=False,
         finish_reason="",
@@ -546,22 +591,36 @@ def rollback_target(state: GraphState, request: dict[str, Any]) -> tuple[str, li
 
 
 async def _apply_rollbacks(ctx: GraphContext, state: GraphState) -> dict[str, Any]:
+    """Apply the queued rollback requests to `state`. Requests with a `request_id` (the runner's,
+    persisted in the session row) are applied once: their ids are recorded in the state, so a node
+    re-run after a crash skips them; the runner drops them from the row once that state is checkpointed.
+    """
     update: dict[str, Any] = {}
+    applied = list(state.get("rollbacks_applied", []))
     while ctx.rollback_requests:
         request = ctx.rollback_requests.pop(0)
+        rid = request.get("request_id")
+        if rid is not None and rid in applied:
+            continue
+        wanted = {k: v for k, v in request.items() if k != "request_id"}
         merged = {**state, **update}
         previous = merged["current_version"]
+        if rid is not None:
+            applied.append(rid)
+            update["rollbacks_applied"] = applied
         try:
-            target, chain = rollback_target(merged, request)  # type: ignore[arg-type]
+            target, chain = rollback_target(merged, wanted)  # type: ignore[arg-type]
         except ValueError as err:
-            await ctx.emit("error", {"stage": "rollback", "message": str(err)}, None)
+            await ctx.emit(
+                "error", {"stage": "rollback", "message": str(err)}, f"rollback.{rid}" if rid else None
+            )
             continue
         update["current_version"] = target
         update["accepted_chain"] = chain
         await ctx.emit(
             "rollback",
-            {"automatic": False, "from_version": previous, "current_version": target, "requested": request},
-            None,
+            {"automatic": False, "from_version": previous, "current_version": target, "requested": wanted},
+            f"rollback.{rid}" if rid else None,
         )
     return update
 

@@ -88,9 +88,7 @@ async def optimize_local_async(
             on_event(type_, payload)
 
     async def take_messages() -> list[str]:
-        out = list(pending_messages)
-        pending_messages.clear()
-        return out
+        return list(pending_messages)  # every message so far; the graph skips those it has seen
 
     async def reply(text: str) -> None:
         await emit("message", {"role": "assistant", "content": text}, None)

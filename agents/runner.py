@@ -41,7 +41,7 @@ from state.users import utcnow
 log = logging.getLogger("robopt.agents")
 
 MODELS_NAMESPACE = "models"  # where the models router keeps model files
-DOWNLOADABLE_FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+DOWNLOADABLE_FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
 
 
 @dataclass
@@ -71,12 +71,16 @@ class SessionRunner:
         self.checkpointer = checkpointer
         self.llm = LLMClient.from_settings(settings)
         self.controls: dict[str, SessionControl] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # rollback requests vs. the session's wrap-up
         self._methods: dict[str, list[str]] | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
 
     def control(self, session_id: str) -> SessionControl:
         return self.controls.setdefault(session_id, SessionControl())
+
+    def _lock(self, session_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(session_id, asyncio.Lock())
 
     async def emit(
         self, session_id: str, type_: str, payload: dict[str, Any], key: str | None = None
@@ -112,22 +116,16 @@ class SessionRunner:
             await self.emit(sid, type_, payload, key)
 
         async def take_messages() -> list[str]:
+            # Every user message so far, in order: the graph takes those after its checkpointed
+            # `messages_seen`. They are marked consumed only once a checkpoint holds them (on_progress).
             async with self.sessionmaker() as db:
                 rows = (
                     await db.exec(
                         select(SessionMessage)
-                        .where(
-                            SessionMessage.session_id == sid,
-                            SessionMessage.role == "user",
-                            SessionMessage.consumed == False,  # noqa: E712
-                        )
+                        .where(SessionMessage.session_id == sid, SessionMessage.role == "user")
                         .order_by(SessionMessage.id)
                     )
                 ).all()
-                for r in rows:
-                    r.consumed = True
-                    db.add(r)
-                await db.commit()
                 return [r.content for r in rows]
 
         async def reply(text: str) -> None:
@@ -137,18 +135,22 @@ class SessionRunner:
             await self.emit(sid, "message", {"role": "assistant", "content": text})
 
         async def on_progress(state: dict[str, Any]) -> None:
+            """Bring the row up to a checkpointed state (called by the node after the one that made it)."""
             from agents.graph import _progress
 
             progress = _progress(state, "")
+            done = progress["trials_done"]
+            step = f"trial {done + 1}: applying" if state.get("pending") else f"trial {done} evaluated"
             await self._update(
                 sid,
                 progress_percentage=progress["percentage"],
-                trials_done=progress["trials_done"],
+                trials_done=done,
                 best=progress["best"],
-                current_step=f"trial {progress['trials_done']} evaluated",
+                current_step=step,
                 selected_version=state.get("current_version"),
                 results=build_report(state),
             )
+            await self._acknowledge(sid, state)
 
         source = ModelSource(
             path=Path(model.stored_path),
@@ -177,6 +179,34 @@ class SessionRunner:
             method_choices=self._methods,
         )
 
+    async def _acknowledge(self, session_id: str, state: dict[str, Any]) -> None:
+        """Mark what a checkpointed state has taken: its first `messages_seen` user messages become
+        consumed, and the rollback requests it applied leave the session row."""
+        seen = int(state.get("messages_seen", 0))
+        applied = set(state.get("rollbacks_applied") or [])
+        async with self.sessionmaker() as db:
+            if seen:
+                rows = (
+                    await db.exec(
+                        select(SessionMessage)
+                        .where(SessionMessage.session_id == session_id, SessionMessage.role == "user")
+                        .order_by(SessionMessage.id)
+                        .limit(seen)
+                    )
+                ).all()
+                for r in rows:
+                    if not r.consumed:
+                        r.consumed = True
+                        db.add(r)
+            if applied:
+                row = await db.get(OptimizationSession, session_id)
+                if row is not None and row.pending_rollbacks:
+                    left = [r for r in row.pending_rollbacks if r.get("request_id") not in applied]
+                    if len(left) != len(row.pending_rollbacks):
+                        row.pending_rollbacks = left
+                        db.add(row)
+            await db.commit()
+
     async def _load(self, session_id: str) -> tuple[OptimizationSession, ModelRecord | None] | None:
         async with self.sessionmaker() as db:
             row = await db.get(OptimizationSession, session_id)
@@ -193,9 +223,15 @@ class SessionRunner:
             return
         row, model = loaded
         if row.status in TERMINAL_STATUSES:
+            self.controls.pop(session_id, None)
             return
         control = self.control(session_id)
         control.cancel = control.cancel or row.cancel_requested
+        # Rollbacks asked for before a crash (or while this session waited) are in the row.
+        queued = {r.get("request_id") for r in control.rollback_requests}
+        control.rollback_requests.extend(
+            dict(r) for r in (row.pending_rollbacks or []) if r.get("request_id") not in queued
+        )
         if model is None:
             await self._fail(session_id, "the model of this session no longer exists")
             return
@@ -204,18 +240,23 @@ class SessionRunner:
         config = self._config(session_id)
         snapshot = await graph.aget_state(config)
         resuming = bool(snapshot.values)
+        if control.cancel and not resuming:
+            await self._cancel_unstarted(session_id)
+            return
         attempt = row.attempts + 1
         ctx.attempt = attempt
-        row = (
-            await self._update(
-                session_id,
-                status="running",
-                attempts=attempt,
-                started_at=row.started_at or utcnow(),
-                current_step="resuming" if resuming else "starting",
-            )
-            or row
-        )
+        async with self.sessionmaker() as db:
+            fresh = await db.get(OptimizationSession, session_id)
+            if fresh is None or fresh.status in TERMINAL_STATUSES:  # cancelled while it was loading
+                self.controls.pop(session_id, None)
+                return
+            fresh.status = "running"
+            fresh.attempts = attempt
+            fresh.started_at = fresh.started_at or utcnow()
+            fresh.current_step = "resuming" if resuming else "starting"
+            fresh.updated_at = utcnow()
+            db.add(fresh)
+            await db.commit()
         await self.emit(
             session_id,
             "status",
@@ -253,14 +294,28 @@ class SessionRunner:
             return
         await self._finish(session_id, final)
 
+    async def _cancel_unstarted(self, session_id: str) -> None:
+        """Cancelled while it waited for a slot: nothing ran, nothing to keep."""
+        await self._update(session_id, status="cancelled", current_step="cancelled", finished_at=utcnow())
+        await self.emit(session_id, "status", {"status": "cancelled", "started": False}, "status.cancelled")
+        await self.emit(session_id, "end", {"status": "cancelled"}, "end")
+        self.controls.pop(session_id, None)
+
     async def _fail(self, session_id: str, message: str, state: dict[str, Any] | None = None) -> None:
         results = build_report(state) if state and state.get("criteria") else None
+        if results is not None and state and state.get("versions"):
+            # Partial results: the best accepted version so far is still registered and downloadable.
+            try:
+                results = await self._publish_selected(session_id, state, results)
+            except Exception:  # noqa: BLE001 - the failure itself must still be recorded
+                log.exception("session %s: could not register its best version", session_id)
         await self._update(
             session_id,
             status="failed",
             error=message[:4000],
             finished_at=utcnow(),
             results=results,
+            selected_version=state.get("current_version") if state else None,
             current_step="failed",
         )
         await self.emit(session_id, "error", {"stage": "session", "message": message[:2000], "fatal": True})
@@ -269,19 +324,23 @@ class SessionRunner:
         self.controls.pop(session_id, None)
 
     async def _finish(self, session_id: str, state: dict[str, Any]) -> None:
-        report = state.get("report") or build_report(state)
         status = "cancelled" if state.get("finish_reason") == "cancelled" else "completed"
-        report = await self._publish_selected(session_id, state, report)
-        await self._update(
-            session_id,
-            status=status,
-            progress_percentage=100.0 if status == "completed" else _pct(state),
-            current_step=status,
-            finished_at=utcnow(),
-            results=report,
-            selected_version=state.get("current_version"),
-            trials_done=len(state.get("trials", [])),
-        )
+        async with self._lock(session_id):
+            # Rollbacks that arrived after the last step the graph took still apply to the result.
+            state = await self._apply_pending_rollbacks(session_id, state)
+            report = state.get("report") or build_report(state)
+            report = await self._publish_selected(session_id, state, report)
+            await self._update(
+                session_id,
+                status=status,
+                progress_percentage=100.0 if status == "completed" else _pct(state),
+                current_step=status,
+                finished_at=utcnow(),
+                results=report,
+                selected_version=state.get("current_version"),
+                trials_done=len(state.get("trials", [])),
+            )
+            await self._acknowledge(session_id, state)
         await self.emit(
             session_id,
             "result",
@@ -363,13 +422,71 @@ class SessionRunner:
             )
         return {**report, "selected_version": selected}
 
+    async def _apply_pending_rollbacks(self, session_id: str, state: dict[str, Any]) -> dict[str, Any]:
+        """Apply the row's rollback requests that `state` has not applied; the new state is checkpointed."""
+        async with self.sessionmaker() as db:
+            row = await db.get(OptimizationSession, session_id)
+            pending = list(row.pending_rollbacks or []) if row is not None else []
+        applied = list(state.get("rollbacks_applied") or [])
+        todo = [r for r in pending if r.get("request_id") not in applied]
+        if not todo or not state.get("versions"):
+            return state
+        for request in todo:
+            rid = request.get("request_id")
+            wanted = {k: v for k, v in request.items() if k != "request_id"}
+            applied.append(rid)
+            previous = state.get("current_version")
+            try:
+                target, chain = rollback_target(state, wanted)  # type: ignore[arg-type]
+            except ValueError as err:
+                await self.emit(
+                    session_id, "error", {"stage": "rollback", "message": str(err)}, f"rollback.{rid}"
+                )
+                continue
+            state = {**state, "current_version": target, "accepted_chain": chain}
+            await self.emit(
+                session_id,
+                "rollback",
+                {
+                    "automatic": False,
+                    "from_version": previous,
+                    "current_version": target,
+                    "requested": wanted,
+                },
+                f"rollback.{rid}",
+            )
+        report = build_report(state)
+        state = {**state, "rollbacks_applied": applied, "report": report}
+        loaded = await self._load(session_id)
+        if loaded is not None and loaded[1] is not None:
+            graph = build_graph(self._context(loaded[0], loaded[1]), checkpointer=self.checkpointer)
+            await graph.aupdate_state(
+                self._config(session_id),
+                {
+                    "current_version": state["current_version"],
+                    "accepted_chain": state["accepted_chain"],
+                    "rollbacks_applied": applied,
+                    "report": report,
+                },
+                as_node="report",
+            )
+        return state
+
     # -- control from the API ----------------------------------------------------------------
 
     async def request_cancel(self, session_id: str) -> None:
         self.control(session_id).cancel = True
 
     async def rollback(self, session_id: str, request: dict[str, Any], *, running: bool) -> dict[str, Any]:
-        """Move the selected version back (running: at the next planning step). Raises RollbackError."""
+        """Move the selected version back (running: at the next planning step). Raises RollbackError.
+
+        A request for a session that has not finished is stored in the session row (it survives a
+        crash) and applied by the graph at its next step, or at the wrap-up if the graph ends first.
+        """
+        async with self._lock(session_id):
+            return await self._rollback(session_id, request)
+
+    async def _rollback(self, session_id: str, request: dict[str, Any]) -> dict[str, Any]:
         loaded = await self._load(session_id)
         if loaded is None or loaded[1] is None:
             raise RollbackError("the session or its model no longer exists")
@@ -384,8 +501,20 @@ class SessionRunner:
             target, chain = rollback_target(state, request)  # type: ignore[arg-type]
         except ValueError as err:
             raise RollbackError(str(err)) from err
-        if running:
-            self.control(session_id).rollback_requests.append(request)
+        if row.status not in TERMINAL_STATUSES:
+            stored = {**request, "request_id": new_id()}
+            async with self.sessionmaker() as db:
+                fresh = await db.get(OptimizationSession, session_id)
+                assert fresh is not None
+                fresh.pending_rollbacks = [*(fresh.pending_rollbacks or []), stored]
+                db.add(fresh)
+                await db.commit()
+            self.control(session_id).rollback_requests.append(stored)
+            await self.emit(
+                session_id,
+                "rollback",
+                {"automatic": False, "pending": True, "requested": request, "target_version": target},
+            )
             return {"applied": False, "pending": True, "target_version": target}
         previous = state.get("current_version")
         new_state = {**state, "current_version": target, "accepted_chain": chain}

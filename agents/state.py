@@ -92,7 +92,8 @@ class GraphState(TypedDict, total=False):
     pending: dict[str, Any] | None  # Action chosen by plan, consumed by apply
     candidate: dict[str, Any] | None  # what apply produced, consumed by evaluate
     instructions: dict[str, Any]
-    messages_seen: int
+    messages_seen: int  # how many of the session's user messages (in order) plan has taken
+    rollbacks_applied: list[str]  # request ids of the API's rollback requests applied so far
     started_at: float
     finished: bool
     finish_reason: str

@@ -6,7 +6,8 @@ rebuilt by replaying its recipe of validated tool calls on the original, which i
 every tool is deterministic (seeded). That is also how a session resumes after a crash.
 
 Each candidate is also written to the artifact store (DATA_DIR/artifacts/<session>/<version>/) in a
-format a user can download and load again: TorchScript for torch models, ONNX for ONNX models.
+format a user can download and load again: TorchScript for torch models (a torch.export .pt2 program
+when TorchScript refuses, e.g. torchao-quantized weights), ONNX for ONNX models.
 Every method here is blocking (compute, disk): call it through asyncio.to_thread.
 """
 
@@ -104,33 +105,47 @@ class Workspace:
     # -- artifacts ---------------------------------------------------------------------------
 
     def save(self, version_id: str, handle: Any) -> tuple[str | None, str | None]:
-        """Write the version's downloadable artifact; (path, format), or (None, None) without a store."""
+        """Write the version's downloadable artifact; (path, format), or (None, None) without a store.
+
+        ONNX models are saved as ONNX. Torch models as TorchScript when they script or trace, else as
+        a `torch.export` program (.pt2: what torchao tensor-subclass weights need; it loads back through
+        the normal loader and can be uploaded again), else as the server's own pickle of the module
+        (kept for the server, not offered for download). Raises ArtifactSaveError with every
+        format's reason when nothing could be written: the caller turns that into a failed trial.
+        """
         if self.artifacts_dir is None:
             return None, None
         from tools.export import export
 
         directory = self.artifacts_dir / version_id
         directory.mkdir(parents=True, exist_ok=True)
-        fmt, name = ("onnx", "model.onnx") if handle.runtime == "onnx" else ("torchscript", "model.pt")
-        destination = directory / name
-        tmp = directory / f".tmp-{name}"
-        try:
-            export(handle, fmt, tmp)
-            tmp.replace(destination)
-        except Exception:
-            tmp.unlink(missing_ok=True)
-            if handle.runtime != "torch":
-                raise
-            # Some transforms (packed int8 kernels, sparse tensors) do not script or trace. The
-            # version stays reproducible from its recipe; the file is the server's own pickle and
-            # is never offered for upload-style loading.
-            import torch
+        if handle.runtime == "onnx":
+            attempts = [("onnx", "model.onnx")]
+        else:
+            attempts = [("torchscript", "model.pt"), ("pt2", "model.pt2"), ("torch_module", "module.pt")]
+        reasons: list[str] = []
+        for fmt, name in attempts:
+            destination = directory / name
+            tmp = directory / f".tmp-{name}"
+            try:
+                if fmt == "torch_module":
+                    import torch
 
-            fmt, destination = "torch_module", directory / "module.pt"
-            tmp = directory / ".tmp-module.pt"
-            torch.save(handle.model, tmp)
-            tmp.replace(destination)
-        return str(destination), fmt
+                    torch.save(handle.model, tmp)
+                else:
+                    export(handle, fmt, tmp)
+                tmp.replace(destination)
+            except Exception as err:  # noqa: BLE001 - every format's failure is reported together
+                tmp.unlink(missing_ok=True)
+                detail = getattr(err, "message", None) or str(err) or type(err).__name__
+                reasons.append(f"{fmt}: {type(err).__name__}: {detail}"[:400])
+                continue
+            return str(destination), fmt
+        raise ArtifactSaveError("the candidate could not be saved in any format (" + "; ".join(reasons) + ")")
+
+
+class ArtifactSaveError(RuntimeError):
+    """No artifact format could hold this candidate."""
 
 
 def run_call(handle: Any, call: ToolCall) -> Any:

@@ -1,4 +1,4 @@
-"""Optimization sessions, their event log and their chat (tables; migration 0002).
+"""Optimization sessions, their event log and their chat (tables; migrations 0002, 0003).
 
 The session row is what the API reads (status, progress, the latest results snapshot); the graph's
 own state lives in the LangGraph checkpointer. Events are append-only with a per-session `seq`
@@ -40,6 +40,11 @@ class OptimizationSession(SQLModel, table=True):
     registered_versions: dict[str, str] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     cancel_requested: bool = Field(default=False)
+    # Rollbacks asked for while the session runs ({"request_id", "trial" | "version"}); the graph
+    # applies them at its next step (or at the report) and they leave this list once checkpointed.
+    pending_rollbacks: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
+    )
     attempts: int = Field(default=0)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     started_at: datetime | None = Field(default=None)

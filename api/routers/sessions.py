@@ -53,6 +53,11 @@ def _runtime(request: Request) -> tuple[Any, Any, Any]:
     return state.runner, state.executor, state.events
 
 
+def _started(executor: Any, session_id: str) -> bool:
+    is_started = getattr(executor, "is_started", None)
+    return bool(is_started(session_id)) if is_started is not None else executor.is_running(session_id)
+
+
 @router.post(
     "/optimize",
     response_model=OptimizeResponse,
@@ -207,7 +212,8 @@ async def cancel_session(session_id: str, request: Request, user: CurrentUser, d
         raise ApiError(409, "conflict", f"The session is already {row.status}")
     row.cancel_requested = True
     row.updated_at = utcnow()
-    if row.status == "queued" and not executor.is_running(row.id):
+    # Queued (never started, or waiting for an executor slot): it ends now, without running anything.
+    if row.status == "queued" and not _started(executor, row.id):
         row.status = "cancelled"
         row.finished_at = utcnow()
         row.current_step = "cancelled"
@@ -241,7 +247,7 @@ async def rollback_session(
         raise ApiError(409, "conflict", "The session has not started: nothing to roll back")
     body = body or RollbackRequest()
     wanted = body.model_dump(exclude_none=True)
-    running = row.status == "running" and executor.is_running(row.id)
+    running = row.status not in TERMINAL_STATUSES  # unfinished: the request waits for the graph's next step
     try:
         out = await runner.rollback(row.id, wanted, running=running)
     except RollbackError as err:
