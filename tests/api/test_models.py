@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -139,9 +141,11 @@ async def test_state_dict_with_wrong_or_unknown_architecture(
     path = mf.mlp_state_dict(files / "w.pth")
     wrong = '{"name": "mlp_policy", "config": {"obs_dim": 9, "act_dim": 2, "hidden": [8]}}'
     r = await upload_model(admin_headers, path, architecture=wrong)
-    await assert_refused(r, 422, r.json().get("error", ""), client, admin_headers, settings)
+    body = await assert_refused(r, 422, "invalid_model", client, admin_headers, settings)
+    assert "mlp_policy" in str(body["message"])
     r = await upload_model(admin_headers, path, architecture='{"name": "no_such_architecture"}')
-    assert r.status_code == 422
+    body = await assert_refused(r, 422, "invalid_argument", client, admin_headers, settings)
+    assert "no_such_architecture" in str(body["message"])
     r = await upload_model(admin_headers, path, architecture="{not json")
     await assert_refused(r, 422, "validation_error", client, admin_headers, settings)
 
@@ -181,6 +185,17 @@ async def test_pickle_that_would_create_a_file_is_refused_and_never_run(
     body = await assert_refused(r, 422, "unsafe_model", client, admin_headers, settings)
     assert "system" in str(body["message"]) + str(body["details"])
     assert not marker.exists()
+    # Control: the very same file, loaded the unsafe way in a subprocess, does create the marker,
+    # so the refusal above is what kept it from appearing.
+    load = (
+        "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))"
+        if kind.startswith("raw")
+        else "import sys, torch; torch.load(sys.argv[1], weights_only=False)"
+    )
+    sandbox = tmp_path / "sandbox"
+    sandbox.mkdir()
+    subprocess.run([sys.executable, "-c", load, str(path)], cwd=sandbox, check=True, timeout=120)
+    assert marker.exists()
 
 
 async def test_keras_lambda_layer_is_refused(
@@ -530,6 +545,23 @@ async def test_evaluation_data_refusals(
     r = await _post_eval(client, user, model_id, mf.truncated(mf.eval_npz(files / "e.npz"), files / "f.npz"))
     assert r.status_code == 422 and r.json()["error"] == "invalid_model"
     # Nothing attached, nothing left behind.
+    assert (await client.get(f"/models/{model_id}", headers=user)).json()["eval_data_info"] is None
+    assert sorted(p.name for p in leftovers(settings)) == ["model.onnx"]
+
+
+async def test_oversized_evaluation_data_is_413_and_leaves_nothing(
+    client: httpx.AsyncClient, make_user: MakeUser, upload_model: UploadModel, files: Path, settings: Settings
+) -> None:
+    user = await make_user("user")
+    model_id = (await upload_model(user, mf.onnx_model(files / "m.onnx"))).json()["id"]
+    n = settings.max_upload_bytes // (4 * 4) + 1024  # float32 (n, 4): just over the limit
+    big = mf.eval_npz(files / "big.npz", n=n, targets=False)
+    assert big.stat().st_size > settings.max_upload_bytes
+    r = await _post_eval(client, user, model_id, big)
+    assert r.status_code == 413, r.text
+    body = r.json()
+    assert set(body) == {"error", "message", "details"} and body["error"] == "payload_too_large"
+    assert body["details"]["max_bytes"] == settings.max_upload_bytes
     assert (await client.get(f"/models/{model_id}", headers=user)).json()["eval_data_info"] is None
     assert sorted(p.name for p in leftovers(settings)) == ["model.onnx"]
 
