@@ -3,11 +3,15 @@
     python bench/upload_memory.py [--size-mb 500] [--max-growth-mb 100]
 
 Starts `python -m api` on a free port with a temporary DATA_DIR, uploads one warm-up file (so that
-first-use imports are not counted), then a `--size-mb` safetensors file (one float32 tensor, a valid
-model file that passes the format checks), sampling the server process's resident memory every
-10 ms. Prints the server's peak RSS growth over its pre-upload level and the throughput, checks the
-stored SHA-256, and exits non-zero when the growth exceeds `--max-growth-mb` (the body must stream
-to disk, never be held in memory).
+first-use imports are not counted), then a safetensors file of exactly `--size-mb` MiB, header
+included (one float32 tensor, a valid model file that passes the format checks), sampling the server
+process's resident memory every 10 ms. Prints the server's peak RSS growth over its pre-upload level
+and the throughput, checks the stored SHA-256, and exits non-zero when the growth exceeds
+`--max-growth-mb` (the body must stream to disk, never be held in memory).
+
+The server runs with the service's default upload limit (MAX_UPLOAD_MB=500, in MiB), and the default
+file is exactly 500 MiB = 524,288,000 bytes: the largest file a default server accepts, not one
+that needs a raised limit. A `--size-mb` above the default raises MAX_UPLOAD_MB to match (and says so).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import psutil
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-admin-password"
 MiB = 1024 * 1024
+DEFAULT_MAX_UPLOAD_MB = 500  # state.settings.Settings.max_upload_mb
 
 
 def free_port() -> int:
@@ -41,14 +46,29 @@ def free_port() -> int:
 
 
 def write_safetensors(path: Path, size_bytes: int) -> str:
-    """A safetensors file with one float32 tensor of about `size_bytes`; returns its SHA-256."""
-    elements = size_bytes // 4
-    header = json.dumps({"weight": {"dtype": "F32", "shape": [elements], "data_offsets": [0, elements * 4]}})
-    header_bytes = header.encode().ljust((len(header) + 7) // 8 * 8)  # 8-byte aligned, space padded
+    """A safetensors file of exactly `size_bytes` (header included) with one float32 tensor.
+
+    The tensor takes what the 8-byte length, the JSON header and its space padding leave, so the file
+    is exactly the size asked for, e.g. exactly the server's default MAX_UPLOAD_MB. Returns its SHA-256.
+    """
+    if size_bytes % 8 or size_bytes < 1024:
+        raise ValueError("size_bytes must be a multiple of 8, at least 1 KiB")
+
+    def header_json(elements: int) -> bytes:
+        return json.dumps(
+            {"weight": {"dtype": "F32", "shape": [elements], "data_offsets": [0, elements * 4]}}
+        ).encode()
+
+    longest = (len(header_json(size_bytes // 4)) + 7) // 8 * 8  # an upper bound on the header
+    elements = (size_bytes - 8 - longest) // 4
+    elements -= elements % 2  # keeps the header length a multiple of 8 (aligned tensor data)
+    header_len = size_bytes - 8 - elements * 4
+    header_bytes = header_json(elements).ljust(header_len)  # space padded, as the format allows
+    assert len(header_bytes) == header_len and header_len % 8 == 0
     digest = hashlib.sha256()
     block = os.urandom(MiB)  # incompressible, so nothing on the way can shortcut it
     with open(path, "wb") as f:
-        head = struct.pack("<Q", len(header_bytes)) + header_bytes
+        head = struct.pack("<Q", header_len) + header_bytes
         f.write(head)
         digest.update(head)
         remaining = elements * 4
@@ -57,6 +77,8 @@ def write_safetensors(path: Path, size_bytes: int) -> str:
             f.write(chunk)
             digest.update(chunk)
             remaining -= len(chunk)
+    if path.stat().st_size != size_bytes:
+        raise AssertionError(f"{path} is {path.stat().st_size} bytes, not {size_bytes}")
     return digest.hexdigest()
 
 
@@ -99,7 +121,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size-mb", type=int, default=500, help="size of the uploaded file in MiB")
+    parser.add_argument(
+        "--size-mb",
+        type=int,
+        default=DEFAULT_MAX_UPLOAD_MB,
+        help="size of the uploaded file in MiB, header included (default: the default upload limit)",
+    )
     parser.add_argument("--max-growth-mb", type=float, default=100.0, help="fail above this RSS growth")
     args = parser.parse_args()
 
@@ -108,7 +135,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="robopt-bench-") as tmp:
         tmp_path = Path(tmp)
         data_dir = tmp_path / "data"
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("API_", "DATABASE_URL", "DATA_DIR"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("API_", "DATABASE_URL", "DATA_DIR", "MAX_UPLOAD_MB", "ENVIRONMENT"))
+        }
         env.update(
             {
                 "DATA_DIR": str(data_dir),
@@ -119,11 +150,20 @@ def main() -> int:
                 "ADMIN_USERNAME": "admin",
                 "ADMIN_PASSWORD": PASSWORD,
                 "ENVIRONMENT": "development",
-                "MAX_UPLOAD_MB": str(args.size_mb + 16),
                 "PYTHONPATH": str(REPO_ROOT),
             }
         )
-        print(f"writing a {args.size_mb} MiB safetensors file ...", flush=True)
+        limit_mb = DEFAULT_MAX_UPLOAD_MB
+        if args.size_mb > DEFAULT_MAX_UPLOAD_MB:
+            limit_mb = args.size_mb
+            env["MAX_UPLOAD_MB"] = str(limit_mb)
+            print(f"note: --size-mb {args.size_mb} is above the default limit; MAX_UPLOAD_MB={limit_mb}")
+        print(
+            f"writing a {args.size_mb} MiB safetensors file (exactly {args.size_mb * MiB} bytes; "
+            f"server limit MAX_UPLOAD_MB={limit_mb}"
+            f"{' (default)' if limit_mb == DEFAULT_MAX_UPLOAD_MB else ''}) ...",
+            flush=True,
+        )
         big = tmp_path / "big_model.safetensors"
         expected_sha = write_safetensors(big, args.size_mb * MiB)
         small = tmp_path / "warmup.safetensors"
@@ -159,7 +199,7 @@ def main() -> int:
                     sampler = RssSampler(server.pid)
                     sampler.start()
                     started = time.perf_counter()
-                    r = upload(client, headers, big, "500 MB model")
+                    r = upload(client, headers, big, f"{args.size_mb} MiB model")
                     elapsed = time.perf_counter() - started
                     peak = sampler.stop()
 
@@ -177,7 +217,11 @@ def main() -> int:
 
     growth_mb = (peak - baseline) / MiB
     throughput = size / MiB / elapsed
-    print(f"file size:            {size / MiB:.1f} MiB ({size} bytes)")
+    print(f"file size:            {size / MiB:.1f} MiB ({size} bytes, {size / 1e6:.1f} MB)")
+    print(
+        f"upload limit:         MAX_UPLOAD_MB={limit_mb} ({limit_mb * MiB} bytes), "
+        f"file at {size / (limit_mb * MiB):.0%} of it"
+    )
     print(f"upload time:          {elapsed:.2f} s")
     print(f"throughput:           {throughput:.1f} MiB/s")
     print(f"server RSS before:    {baseline / MiB:.1f} MiB")
