@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field
 
 from tools.errors import InvalidArgumentError, UnsupportedDeviceError
 from tools.handle import ModelHandle, copy_model
+from tools.registry import check_arguments
 from tools.runtime import check_inputs, onnx_session, synthesize_inputs, to_tensors, torch_forward
 
 _VERSIONED = ("torch", "onnxruntime", "onnx", "torchao", "bitsandbytes", "torch-pruning", "numpy")
@@ -86,8 +87,17 @@ def benchmark(
         raise InvalidArgumentError(f"warmup must be a non-negative integer, got {warmup!r}")
     if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
         raise InvalidArgumentError(f"num_threads must be a positive integer, got {num_threads!r}")
-    if device != "cpu" and not device.startswith("cuda"):
+    if not isinstance(device, str) or (device != "cpu" and not device.startswith("cuda")):
         raise InvalidArgumentError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    # The registry's schema (the LLM's tool definition) bounds every argument the same way.
+    check_arguments(
+        "benchmark",
+        device=device,
+        batch_size=batch_size,
+        warmup=warmup,
+        iterations=iterations,
+        num_threads=num_threads,
+    )
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UnsupportedDeviceError(

@@ -33,6 +33,7 @@ from pydantic import BaseModel, Field
 
 from tools.errors import DataMismatchError, InvalidArgumentError
 from tools.handle import EvalData, ModelHandle
+from tools.registry import check_arguments
 from tools.runtime import check_inputs, forward, slice_batch, synthesize_inputs
 
 DEFAULT_TOLERANCE = 0.25
@@ -76,6 +77,16 @@ def evaluate(
         raise InvalidArgumentError("batch_size and num_samples must be positive")
     if not tolerance > 0:
         raise InvalidArgumentError(f"tolerance must be positive, got {tolerance}")
+    if not isinstance(reference, ModelHandle):
+        raise InvalidArgumentError(f"reference must be a model handle, got {type(reference).__name__}")
+    check_arguments(
+        "evaluate",
+        output_kind=output_kind,
+        tolerance=tolerance,
+        num_samples=num_samples,
+        batch_size=batch_size,
+        seed=seed,
+    )
     data, source = _pick_data(handle, reference, data, num_samples, seed)
     check_inputs(handle.inputs, data.inputs)
     if [s.name for s in reference.inputs] and sorted(s.name for s in reference.inputs) != sorted(data.inputs):

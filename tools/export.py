@@ -16,6 +16,7 @@ import numpy as np
 
 from tools.errors import UnsupportedFormatError
 from tools.handle import ModelHandle
+from tools.registry import check_arguments
 from tools.runtime import check_inputs, synthesize_inputs, to_tensors
 
 ExportFormat = Literal["onnx", "torchscript", "pt2", "safetensors"]
@@ -34,6 +35,7 @@ def export(handle: ModelHandle, fmt: str, path: Path | str) -> Path:
         raise UnsupportedFormatError(
             f"unknown export format '{fmt}'; choose one of {', '.join(EXPORT_FORMATS)}"
         )
+    check_arguments("export", fmt=fmt, path=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "onnx":
         import onnx

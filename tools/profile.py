@@ -12,8 +12,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from tools.errors import InvalidArgumentError
 from tools.export import serialized_size
 from tools.handle import InputSpec, ModelHandle
+from tools.registry import check_arguments
 
 QUANTIZABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 PRUNABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
@@ -57,6 +59,9 @@ class ModelProfile(BaseModel):
 
 def inspect_model(handle: ModelHandle) -> ModelProfile:
     """Profile `handle` without changing it."""
+    if not isinstance(handle, ModelHandle):
+        raise InvalidArgumentError(f"inspect_model needs a model handle, got {type(handle).__name__}")
+    check_arguments("inspect_model")
     if handle.runtime == "onnx":
         layers, quantizable, prunable, zeros, flops, notes = _onnx_layers(handle)
     else:

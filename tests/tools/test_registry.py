@@ -90,3 +90,86 @@ def test_run_tool_applies_and_leaves_input_untouched() -> None:
     assert float((weight == 0).float().mean()) >= 0.49
     assert_same_weights(before, weights_snapshot(handle))
     assert torch.count_nonzero(handle.model.encoder[2].weight) == handle.model.encoder[2].weight.numel()
+
+
+def test_planner_definitions_unchanged_and_full_set_separate() -> None:
+    from agents.toolset import planner_tools
+    from tools.registry import ALL_TOOLS, all_tool_definitions
+
+    assert [d["function"]["name"] for d in planner_tools()] == ["quantize", "prune", "finish"]
+    assert [d["function"]["name"] for d in tool_definitions()] == ["quantize", "prune"]
+    with pytest.raises(UnknownToolError):
+        validate_call("benchmark", {})  # the planner cannot call measuring tools
+    definitions = {d["function"]["name"]: d["function"] for d in all_tool_definitions()}
+    assert list(definitions) == list(ALL_TOOLS) == ["quantize", "prune", "inspect_model", "benchmark",
+                                                    "evaluate", "export"]  # fmt: skip
+    for fn in definitions.values():
+        params = fn["parameters"]
+        assert fn["description"] and params["type"] == "object" and params["additionalProperties"] is False
+        assert all(prop.get("description") for prop in params.get("properties", {}).values()), fn["name"]
+        json.dumps(fn)
+    bench = definitions["benchmark"]["parameters"]["properties"]
+    assert bench["batch_size"]["minimum"] == 1 and bench["iterations"]["minimum"] == 1
+    assert bench["warmup"]["minimum"] == 0 and "pattern" in bench["device"]
+    fmt = definitions["export"]["parameters"]["properties"]["fmt"]
+    assert fmt["enum"] == ["onnx", "torchscript", "pt2", "safetensors"]
+    assert definitions["export"]["parameters"]["required"] == ["fmt", "path"]
+    tolerance = definitions["evaluate"]["parameters"]["properties"]["tolerance"]
+    assert tolerance["exclusiveMinimum"] == 0
+    assert definitions["inspect_model"]["parameters"].get("properties", {}) == {}
+
+
+@pytest.mark.parametrize(
+    ("name", "arguments"),
+    [
+        ("benchmark", {"batch_size": 0}),
+        ("benchmark", {"device": "tpu"}),
+        ("benchmark", {"iterations": 10**9}),
+        ("evaluate", {"tolerance": 0}),
+        ("evaluate", {"output_kind": "probabilities"}),
+        ("export", {"fmt": "tflite", "path": "m.tflite"}),
+        ("export", {"fmt": "onnx"}),
+        ("inspect_model", {"deep": True}),
+    ],
+)
+def test_measuring_tool_calls_are_validated(name: str, arguments: dict) -> None:
+    from tools.registry import validate_any_call
+
+    with pytest.raises(ValidationError):
+        validate_any_call(name, arguments)
+
+
+def test_direct_calls_obey_the_same_schema() -> None:
+    from tools import benchmark, evaluate
+    from tools.errors import InvalidArgumentError
+
+    handle = mlp_handle()
+    with pytest.raises(InvalidArgumentError, match="device"):
+        benchmark(handle, device="cudax", iterations=1)  # not 'cuda' or 'cuda:N'
+    with pytest.raises(InvalidArgumentError, match="iterations"):
+        benchmark(handle, iterations=10**9)
+    with pytest.raises(InvalidArgumentError, match="tolerance"):
+        evaluate(handle, reference=handle, tolerance=50.0)
+    with pytest.raises(InvalidArgumentError, match="output_kind"):
+        evaluate(handle, reference=handle, output_kind="probabilities")  # type: ignore[arg-type]
+    with pytest.raises(InvalidArgumentError, match="reference"):
+        evaluate(handle, reference="v1")  # type: ignore[arg-type]
+
+
+def test_run_any_tool_measures_and_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tools.errors import InvalidArgumentError
+    from tools.loading import load_model
+    from tools.registry import run_any_tool
+
+    handle = mlp_handle()
+    profile = run_any_tool("inspect_model", handle)
+    assert profile.quantizable_layers == ["encoder.0", "encoder.2", "head"]
+    result = run_any_tool("benchmark", handle, {"warmup": 0, "iterations": 2, "batch_size": 4})
+    assert result.batch_size == 4 and result.iterations == 2
+    pruned = run_tool("prune", handle, {"method": "magnitude", "amount": 0.97})
+    kept = run_any_tool("evaluate", pruned, '{"num_samples": 32}', reference=handle)
+    assert kept.accuracy_retained < 0.5
+    with pytest.raises(InvalidArgumentError, match="reference"):
+        run_any_tool("evaluate", pruned, {})
+    path = run_any_tool("export", handle, {"fmt": "onnx", "path": str(tmp_path / "m.onnx")})
+    assert load_model(path).runtime == "onnx"
