@@ -40,7 +40,7 @@ def test_untouched_copy_is_one_and_97_percent_pruned_is_far_less() -> None:
     )
     assert same.num_samples == 256 and same.data_source == "synthesized"
     ruined = evaluate(prune(reference, "magnitude", 0.97), reference=reference)
-    assert ruined.accuracy_retained < 0.9
+    assert ruined.accuracy_retained < 0.5  # measured 0.012
     assert ruined.relative_error > 0.1 and ruined.cosine_similarity < 0.99
     assert_same_weights(before, weights_snapshot(reference))
 
