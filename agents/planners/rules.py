@@ -13,15 +13,21 @@ where it stopped):
    candidate prunes the last floating-point version and re-applies the accepted quantization.
    When even the smallest amount fails, the most sensitive layer is excluded and the search
    restarts once.
-3. Finish when the goal is reached, or when nothing left is expected to help.
+3. Once the size goal is reached (or nothing above helps), spend what is left of the budget on
+   latency: re-quantize the same lineage with a method of no more bits that runs faster here
+   (static int8 on ONNX Runtime kernels on a CPU; int4/int8 weight-only kernels on a GPU), then,
+   for presets that value speed, a search on structured pruning beyond the size target, where a
+   step counts only if the gate accepted it (it must raise the objective, not just keep the floor).
+4. Finish when nothing left is expected to help.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 from typing import Any
 
-from agents.criteria import Measurement, goal_reached, size_reduction_percent
+from agents.criteria import Measurement, goal_reached, size_reduction_percent, speedup
 from agents.planners.base import PlannerView, check_allowed, enforce_instructions
 from agents.profile_facts import ProfileFacts, profile_facts
 from agents.state import Action, ToolCall, TrialRecord
@@ -57,13 +63,16 @@ def decide(view: PlannerView) -> Action:
     if view.instructions.finish_requested:
         return _finish("The user asked to stop; reporting the best version so far.")
     if goal_reached(view.criteria, view.baseline, view.current):
+        action = _speed_step(view, facts)
+        if action is not None:
+            return _constrained(action, view)
         return _finish(
             f"The goal is reached: {size_reduction_percent(view.baseline, view.current):.1f}% smaller "
             f"(target {view.criteria.size_target_percent:.0f}%) with "
             f"{100 * view.current.accuracy_retained:.2f}% of the accuracy retained "
-            f"(floor {100 * view.criteria.accuracy_floor:.1f}%)."
+            f"(floor {100 * view.criteria.accuracy_floor:.1f}%), and no faster variant is left to try."
         )
-    for step in (_quantization_step, _bit_escalation_step, _pruning_step):
+    for step in (_quantization_step, _bit_escalation_step, _pruning_step, _speed_step):
         action = step(view, facts)
         if action is not None:
             return _constrained(action, view)
@@ -397,6 +406,134 @@ def _prune_action(
             "exclude": exclude,
             "needed": needed,
         },
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Latency, once the size goal is met
+# ------------------------------------------------------------------------------------------
+
+# Methods in the order they tend to run fastest, by device (CPU: ONNX Runtime's int8 kernels with
+# quantized activations beat dynamic int8, which beats weight-only storage; GPU: fewer weight bytes).
+_SPEED_ORDER = {
+    "cpu": ("static_int8", "dynamic_int8"),
+    "cuda": ("weight_only_int4", "weight_only_int8", "bf16", "fp16"),
+}
+MAX_REQUANT_TRIALS = 2
+SPEED_PRUNE_STEP = 0.12  # stop the speed search when the bracket is this narrow
+SPEED_PRUNE_MIN_WEIGHT = 1.0  # presets whose objective weighs speed at least this much
+
+
+def _speed_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
+    return _requant_step(view, facts) or _speed_prune_step(view, facts)
+
+
+def _calls_key(calls: list[ToolCall]) -> str:
+    return json.dumps([c.model_dump() for c in calls], sort_keys=True)
+
+
+def _requant_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
+    """The current lineage with a quantization method of no more bits that may run faster here."""
+    rec = view.current_record
+    quant = [c for c in rec.recipe if c.tool == "quantize"]
+    if not quant or view.runtime == "onnx":
+        return None
+    if sum(t.strategy == "requantize_for_speed" for t in view.trials) >= MAX_REQUANT_TRIALS:
+        return None
+    current = str(quant[-1].arguments.get("method"))
+    prune_calls = [c for c in rec.recipe if c.tool == "prune"]
+    tried = {_calls_key(t.calls) for t in view.trials}
+    # A method that could not run here, or broke the floor on its own, will not do better now.
+    hopeless = {
+        str(c.arguments.get("method"))
+        for t in view.trials
+        if t.status == "failed" or (t.meets is False and not any(x.tool == "prune" for x in t.calls))
+        for c in t.calls
+        if c.tool == "quantize"
+    }
+    ranked = dict(ranked_quant_methods(view, facts))
+    order = _SPEED_ORDER["cuda" if view.device.startswith("cuda") else "cpu"]
+    # Only methods expected to run faster than the current one (earlier in the device's order).
+    faster = order[: order.index(current)] if current in order else order
+    for method in faster:
+        if method not in ranked or method in hopeless:
+            continue
+        if _BITS.get(method, 16) > _BITS.get(current, 16):
+            continue
+        args: dict[str, Any] = {"method": method}
+        if quant[-1].arguments.get("exclude"):
+            args["exclude"] = list(quant[-1].arguments["exclude"])
+        calls = [*prune_calls, ToolCall(tool="quantize", arguments=args)]
+        if _calls_key(calls) in tried:
+            continue
+        return Action(
+            kind="tool",
+            calls=calls,
+            base_version=_root_float(view) if prune_calls else _float_base(view),
+            reasoning=(
+                f"The size goal is met ({size_reduction_percent(view.baseline, view.current):.1f}% smaller) "
+                f"at {speedup(view.baseline, view.current):.2f}x the original's speed. {ranked[method]}; "
+                f"{method} on the same lineage may run faster than {current}; the gate keeps it only if "
+                "it raises the score."
+            ),
+            strategy="requantize_for_speed",
+            meta={"method": method},
+        )
+    return None
+
+
+def _speed_prune_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
+    """Structured pruning past the size target, for latency: a search on the amount the gate accepts."""
+    criteria = view.criteria
+    if criteria.preset.w_speed < SPEED_PRUNE_MIN_WEIGHT and criteria.target_latency_ms is None:
+        return None
+    if "pruning" not in view.allowed_techniques() or not facts.prunable:
+        return None
+    if "structured" not in (view.method_choices.get("prune") or ["structured"]):
+        return None
+    rec = view.current_record
+    prune_now = next((c for c in rec.recipe if c.tool == "prune"), None)
+    if prune_now is not None and prune_now.arguments.get("method") != "structured":
+        return None
+    start = float(prune_now.arguments.get("amount", 0.0)) if prune_now is not None else 0.0
+    exclude = list(prune_now.arguments.get("exclude") or []) if prune_now is not None else []
+    searched = [t for t in view.trials if t.strategy == "prune_for_speed"]
+    if any(t.status == "failed" for t in searched):
+        return None
+    good = [start] + [float(t.meta["amount"]) for t in searched if t.status == "accepted"]
+    lo = max(good)
+    hi = min(
+        [float(t.meta["amount"]) for t in searched if t.status != "accepted" and t.meta["amount"] > lo],
+        default=None,
+    )
+    if hi is None:
+        if lo >= MAX_PRUNE_AMOUNT - SPEED_PRUNE_STEP:
+            return None
+        amount = lo + (MAX_PRUNE_AMOUNT - lo) / 2.0
+        why = (
+            f"Structured pruning removes whole channels, so the model runs faster as well as smaller. "
+            f"{'No pruning yet' if lo == 0 else f'{100 * lo:.0f}% was accepted'}; trying {100 * amount:.0f}% "
+            "(re-applying the accepted quantization); the gate keeps it only if the score rises."
+        )
+    else:
+        if hi - lo <= SPEED_PRUNE_STEP:
+            return None
+        amount = (lo + hi) / 2.0
+        why = (
+            f"Search on structured pruning for speed: {100 * lo:.0f}% is the best accepted so far, "
+            f"{100 * hi:.0f}% was not an improvement; trying {100 * amount:.1f}%."
+        )
+    requant = [c for c in rec.recipe if c.tool == "quantize"]
+    args: dict[str, Any] = {"method": "structured", "amount": round(amount, 4)}
+    if exclude:
+        args["exclude"] = exclude
+    return Action(
+        kind="tool",
+        calls=[ToolCall(tool="prune", arguments=args), *requant],
+        base_version=_root_float(view),
+        reasoning=why,
+        strategy="prune_for_speed",
+        meta={"method": "structured", "amount": round(amount, 4), "lo": lo, "hi": hi},
     )
 
 

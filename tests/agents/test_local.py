@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from agents.criteria import Criteria
 from agents.local import optimize_local_async
-from agents.state import ToolCall
 from tools.architectures import build_model, input_specs
 from tools.handle import ArchitectureRef, ModelHandle
 
@@ -34,8 +33,13 @@ async def test_rules_planner_meets_the_criteria_and_reports_a_replayable_recipe(
     assert summary["criteria_met"] and summary["goal_reached"]
     assert outcome.selected_measurement.size_bytes < 0.5 * outcome.baseline.size_bytes
     assert outcome.selected_measurement.accuracy_retained >= 0.95
-    assert outcome.recipe == [ToolCall(tool="quantize", arguments={"method": "dynamic_int8"})]
-    assert outcome.selected.recipe[-1]["method"] == "dynamic_int8"
+    # dynamic int8 reaches the size goal; the rest of the budget looks for a faster variant.
+    assert outcome.report["trials"][0]["calls"] == [
+        {"tool": "quantize", "arguments": {"method": "dynamic_int8"}}
+    ]
+    method = outcome.recipe[-1].arguments["method"]
+    assert method in ("dynamic_int8", "static_int8")
+    assert outcome.selected.recipe[-1]["method"] == method
     assert handle.recipe == []  # the input handle is untouched
     for kind in (
         "analysis",

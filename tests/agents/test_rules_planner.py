@@ -96,7 +96,7 @@ class History:
         )
 
 
-def test_linear_heavy_cpu_model_starts_with_dynamic_int8_and_stops_at_the_goal() -> None:
+def test_linear_heavy_cpu_model_starts_with_dynamic_int8_then_spends_the_rest_on_speed() -> None:
     h = History()
     criteria = Criteria(max_size_reduction_percent=50, target_accuracy_threshold=0.95)
     first = decide(h.view(criteria))
@@ -104,8 +104,42 @@ def test_linear_heavy_cpu_model_starts_with_dynamic_int8_and_stops_at_the_goal()
     assert first.calls == [ToolCall(tool="quantize", arguments={"method": "dynamic_int8"})]
     assert "Linear layers hold 100%" in first.reasoning
     h.trial(first, size=270_000, acc=0.995, accepted=True)
-    done = decide(h.view(criteria))
-    assert done.kind == "finish" and "goal is reached" in done.reasoning
+    # The size goal is met: the same lineage with static int8, which may run faster on a CPU.
+    requant = decide(h.view(criteria))
+    assert requant.strategy == "requantize_for_speed" and requant.base_version == "v0"
+    assert requant.calls == [ToolCall(tool="quantize", arguments={"method": "static_int8"})]
+    h.trial(requant, size=265_000, acc=0.99, accepted=False)
+    # balanced_optimization values speed: structured pruning past the size target, re-quantized.
+    amounts = []
+    for _ in range(6):
+        step = decide(h.view(criteria))
+        if step.kind == "finish":
+            break
+        assert step.strategy == "prune_for_speed" and step.base_version == "v0"
+        assert [c.tool for c in step.calls] == ["prune", "quantize"]
+        assert step.calls[1].arguments == {"method": "dynamic_int8"}
+        amounts.append(step.calls[0].arguments["amount"])
+        h.trial(step, size=200_000, acc=0.90, accepted=False)  # breaks the floor: the search narrows
+    assert amounts == pytest.approx([0.45, 0.225, 0.1125])  # then the bracket is too narrow to matter
+    assert step.kind == "finish" and "goal is reached" in step.reasoning
+
+
+def test_speed_search_keeps_what_the_gate_accepts() -> None:
+    h = History()
+    criteria = Criteria(criteria_name="max_speed", target_accuracy_threshold=0.95)  # 75% target
+    q = decide(h.view(criteria))
+    h.trial(q, size=240_000, acc=0.99, accepted=True)
+    requant = decide(h.view(criteria))
+    h.trial(requant, size=240_000, acc=0.99, accepted=True)  # static int8 was faster: accepted
+    p1 = decide(h.view(criteria))
+    assert p1.strategy == "prune_for_speed" and p1.base_version == "v0"
+    assert p1.calls[1].arguments == {"method": "static_int8"}  # the accepted quantization is re-applied
+    h.trial(p1, size=130_000, acc=0.97, accepted=True)
+    p2 = decide(h.view(criteria))
+    assert p2.calls[0].arguments["amount"] == pytest.approx(0.45 + (0.9 - 0.45) / 2)
+    h.trial(p2, size=60_000, acc=0.80, accepted=False)
+    p3 = decide(h.view(criteria))
+    assert p3.calls[0].arguments["amount"] == pytest.approx((0.45 + 0.675) / 2)
 
 
 def test_per_layer_fallback_keeps_the_most_sensitive_layer_in_float() -> None:
@@ -155,6 +189,10 @@ def test_chat_instructions_steer_the_rules() -> None:
     p = decide(h.view(criteria, ins))
     assert p.calls[0].tool == "prune" and p.calls[0].arguments["exclude"] == ["head*"]
     ins, _ = apply_message(ins, "no pruning", LAYERS)
+    # Without pruning only another int8 method of the same lineage is left, then nothing.
+    requant = decide(h.view(criteria, ins))
+    assert [c.tool for c in requant.calls] == ["quantize"] and requant.strategy == "requantize_for_speed"
+    h.trial(requant, size=260_000, acc=0.99, accepted=False)
     assert decide(h.view(criteria, ins)).kind == "finish"
     ins, _ = apply_message(Instructions(), "stop now please", LAYERS)
     assert decide(History().view(criteria, ins)).kind == "finish"
