@@ -1,13 +1,19 @@
 """Run every GPU method side by side on one CUDA device and print size, latency and fidelity.
 
 Methods: bf16 (the baseline every row is compared with), fp16, bitsandbytes int8 and nf4,
-torchao int4 weight-only, and 2:4 semi-structured sparsity (on the bf16 model); fp32 is shown
-for reference. Each row is one model from `tools.quantize` / `tools.prune`, timed with
+torchao's CUDA paths (int8 dynamic activation + int8 weight, int8 weight-only, int4 weight-only,
+on the bf16 model), and 2:4 semi-structured sparsity (on the bf16 model); fp32 is shown for
+reference. Each row is one model from `tools.quantize` / `tools.prune`, timed with
 `tools.benchmark` (CUDA events, warm-up excluded) on the same inputs, and scored with
 `tools.evaluate` against the highest-precision model (fp32, or bf16 for openvla_7b).
 A method that fails prints its error in its row; the others still run.
 
-    python scripts/gpu_check.py                      # Linear-heavy MLP (4 x 4096 wide)
+Every model is timed at each batch size (default 1 and 64, one table each): at batch 1 a Linear
+layer is memory-bound and weight-only int4/int8 shine; 2:4 sparse kernels (and int8 dynamic
+activations) need a larger batch, where the matmuls are compute-bound, to be faster than bf16.
+
+    python scripts/gpu_check.py                      # Linear-heavy MLP (4 x 4096 wide), batch 1 and 64
+    python scripts/gpu_check.py --batch-sizes 1 8 64 # other batch sizes
     python scripts/gpu_check.py --model vla_mini     # the small VLA
     python scripts/gpu_check.py --model openvla_7b   # OpenVLA-7B shape, random weights, bf16 reference
     python scripts/gpu_check.py --json out.json      # also write the rows as JSON
@@ -33,7 +39,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 SKIP_MESSAGE = "no CUDA device: GPU checks skipped"
 # Where models are built and timed; the tests run the orchestration on "cpu".
 DEVICE = "cuda"
-METHODS = ("fp32", "bf16", "fp16", "bnb_int8", "bnb_nf4", "weight_only_int4", "semi_structured_2_4")
+METHODS = (
+    "fp32",
+    "bf16",
+    "fp16",
+    "bnb_int8",
+    "bnb_nf4",
+    "dynamic_int8",
+    "weight_only_int8",
+    "weight_only_int4",
+    "semi_structured_2_4",
+)
+# torchao's int8 paths quantize the bf16 model (their CUDA kernels compute in bf16).
+FROM_BF16 = ("dynamic_int8", "weight_only_int8", "semi_structured_2_4")
+BATCH_SIZES = (1, 64)
 MODELS: dict[str, dict[str, Any]] = {
     "linear": {
         "name": "mlp_policy",
@@ -47,7 +66,15 @@ MODELS: dict[str, dict[str, Any]] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", choices=sorted(MODELS), default="linear")
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument(
+        "--batch-sizes",
+        "--batch-size",
+        dest="batch_sizes",
+        type=int,
+        nargs="+",
+        default=list(BATCH_SIZES),
+        help="time every model at each of these batch sizes (one table each)",
+    )
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--samples", type=int, default=64, help="evaluation samples for fidelity")
@@ -56,18 +83,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     args = parser.parse_args(argv)
 
+    if any(b < 1 for b in args.batch_sizes):
+        parser.error("batch sizes must be positive")
+
     import torch
 
     if not torch.cuda.is_available():
-        print(SKIP_MESSAGE)
+        print(f"{SKIP_MESSAGE} (torch {torch.__version__}; nothing was run)")
         return 0
 
-    rows = run(
-        args.model, args.methods, args.batch_size, args.warmup, args.iterations, args.samples, args.rounds
+    tables = run_batches(
+        args.model, args.methods, args.batch_sizes, args.warmup, args.iterations, args.samples, args.rounds
     )
-    print(format_table(rows, args.model, args.batch_size))
+    print("\n\n".join(format_table(rows, args.model, bs) for bs, rows in tables.items()))
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2, default=str))
+        args.json.write_text(
+            json.dumps({str(bs): rows for bs, rows in tables.items()}, indent=2, default=str)
+        )
     return 0
 
 
@@ -97,6 +129,8 @@ def _apply(method: str, fp32: Any, bf16: Any) -> Any:
         return bf16
     if method == "semi_structured_2_4":
         return prune(bf16, "semi_structured_2_4", 0.5)
+    if method in FROM_BF16:
+        return quantize(bf16, method)
     # bf16/fp16 casts and weight-only int4 start from the float model, the bnb methods too.
     return quantize(fp32 if fp32 is not None else bf16, method)
 
@@ -110,10 +144,24 @@ def run(
     samples: int,
     rounds: int = 3,
 ) -> list[dict[str, Any]]:
-    """Build every method's model, then time them round-robin (`rounds` times) and score them.
+    """The rows of one batch size (see `run_batches`)."""
+    return run_batches(model_key, methods, [batch_size], warmup, iterations, samples, rounds)[batch_size]
+
+
+def run_batches(
+    model_key: str,
+    methods: list[str],
+    batch_sizes: list[int],
+    warmup: int,
+    iterations: int,
+    samples: int,
+    rounds: int = 3,
+) -> dict[int, list[dict[str, Any]]]:
+    """Build every method's model once, time it at each batch size round-robin (`rounds` times), score it.
 
     Round-robin timing spreads clock and thermal drift over all methods alike; each row's p50 is
     the median of its rounds' p50s. openvla_7b keeps one candidate at a time (memory), one round.
+    Returns {batch size: rows}; fidelity does not depend on the batch size and is the same in each.
     """
     import torch
 
@@ -121,6 +169,7 @@ def run(
     from tools.handle import EvalData
     from tools.runtime import synthesize_inputs
 
+    sizes = list(dict.fromkeys(batch_sizes))
     big = model_key == "openvla_7b"
     # openvla_7b in fp32 is 30 GB; its reference is the bf16 model.
     fp32 = None if big else _base_handle(model_key, torch.float32)
@@ -128,43 +177,55 @@ def run(
     reference = bf16 if big else fp32
     data = EvalData(inputs=synthesize_inputs(reference.inputs, samples, seed=0))
     wanted = [m for m in methods if not (big and m == "fp32")]
-    rows: dict[str, dict[str, Any]] = {m: {"method": m, "p50_rounds": []} for m in wanted}
+    tables: dict[int, dict[str, dict[str, Any]]] = {
+        bs: {m: {"method": m, "batch_size": bs, "p50_rounds": []} for m in wanted} for bs in sizes
+    }
+
+    def record(method: str, exc: Exception) -> None:
+        for rows in tables.values():
+            _record_error(rows[method], exc)
 
     def build(method: str) -> Any:
         started = time.perf_counter()
         try:
             candidate = _apply(method, fp32, bf16)
         except Exception as exc:  # one failing method must not hide the others
-            _record_error(rows[method], exc)
+            record(method, exc)
             return None
-        rows[method]["apply_s"] = time.perf_counter() - started
+        for rows in tables.values():
+            rows[method]["apply_s"] = time.perf_counter() - started
         return candidate
 
-    def measure(method: str, candidate: Any) -> None:
+    def measure(method: str, candidate: Any, bs: int) -> None:
+        row = tables[bs][method]
+        if "error" in row:
+            return
         try:
-            _bench_into(rows[method], candidate, batch_size, warmup, iterations)
+            _bench_into(row, candidate, bs, warmup, iterations)
         except Exception as exc:
-            _record_error(rows[method], exc)
+            _record_error(row, exc)
 
     def score(method: str, candidate: Any) -> None:
         try:
             result = evaluate(candidate, reference=reference, data=data, batch_size=min(16, samples))
         except Exception as exc:
-            _record_error(rows[method], exc)
+            record(method, exc)
             return
-        rows[method].update(
-            top1_agreement=result.top1_agreement,
-            cosine=result.cosine_similarity,
-            relative_error=result.relative_error,
-            metric=result.metric,
-            value=result.value,
-        )
+        for rows in tables.values():
+            rows[method].update(
+                top1_agreement=result.top1_agreement,
+                cosine=result.cosine_similarity,
+                relative_error=result.relative_error,
+                metric=result.metric,
+                value=result.value,
+            )
 
     if big or rounds <= 1:
         for method in wanted:
             candidate = build(method)
             if candidate is not None:
-                measure(method, candidate)
+                for bs in sizes:
+                    measure(method, candidate, bs)
                 score(method, candidate)
             del candidate
             gc.collect()
@@ -172,21 +233,23 @@ def run(
     else:
         built = {m: c for m in wanted if (c := build(m)) is not None}
         for _ in range(rounds):
-            for method, candidate in built.items():
-                if "error" not in rows[method]:
-                    measure(method, candidate)
+            for bs in sizes:
+                for method, candidate in built.items():
+                    measure(method, candidate, bs)
         for method, candidate in built.items():
             score(method, candidate)
 
-    out = list(rows.values())
-    for row in out:
-        if row["p50_rounds"]:
-            row["p50_ms"] = statistics.median(row["p50_rounds"])
-    base = rows.get("bf16")
-    for row in out:
-        if base is not None and "p50_ms" in base and "p50_ms" in row:
-            row["speedup_vs_bf16"] = base["p50_ms"] / row["p50_ms"]
-            row["size_vs_bf16"] = row["size_mb"] / base["size_mb"]
+    out: dict[int, list[dict[str, Any]]] = {}
+    for bs, rows in tables.items():
+        out[bs] = list(rows.values())
+        for row in out[bs]:
+            if row["p50_rounds"]:
+                row["p50_ms"] = statistics.median(row["p50_rounds"])
+        base = rows.get("bf16")
+        for row in out[bs]:
+            if base is not None and "p50_ms" in base and "p50_ms" in row:
+                row["speedup_vs_bf16"] = base["p50_ms"] / row["p50_ms"]
+                row["size_vs_bf16"] = row["size_mb"] / base["size_mb"]
     return out
 
 

@@ -86,3 +86,34 @@ def test_orchestration_on_cpu_times_round_robin_and_isolates_failures(
             assert "p50_ms" not in rows[method]
     table = gpu_check.format_table(list(rows.values()), "linear", 1)
     assert len(table.splitlines()) == 3 + len(methods)
+
+
+def test_covers_torchao_int8_and_times_each_batch_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchao's CUDA int8 paths are rows; every model is timed at batch 1 and at a large batch (where 2:4
+    sparse kernels can win), each batch size in its own table, fidelity shared."""
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert {"dynamic_int8", "weight_only_int8", "weight_only_int4", "semi_structured_2_4"} <= set(
+        gpu_check.METHODS
+    )
+    assert 1 in gpu_check.BATCH_SIZES and max(gpu_check.BATCH_SIZES) >= 32
+    monkeypatch.setattr(gpu_check, "DEVICE", "cpu")
+    small = {"name": "mlp_policy", "config": {"obs_dim": 64, "act_dim": 8, "hidden": [128, 128]}}
+    monkeypatch.setitem(gpu_check.MODELS, "linear", small)
+    methods = ["fp32", "bf16", "weight_only_int8", "semi_structured_2_4"]
+    tables = gpu_check.run_batches("linear", methods, [1, 16], 1, 3, 16, rounds=1)
+    assert list(tables) == [1, 16]
+    for bs, rows in tables.items():
+        by_method = {r["method"]: r for r in rows}
+        assert list(by_method) == methods and all(r["batch_size"] == bs for r in rows)
+        for method in ("fp32", "bf16", "weight_only_int8"):
+            assert "error" not in by_method[method], by_method[method].get("traceback")
+            assert by_method[method]["p50_ms"] > 0 and by_method[method]["cosine"] > 0.99
+        assert by_method["weight_only_int8"]["size_vs_bf16"] < 0.75
+        if not torch.cuda.is_available():
+            assert by_method["semi_structured_2_4"]["error"].startswith("UnsupportedDeviceError")
+        assert f"batch={bs}" in gpu_check.format_table(rows, "linear", bs)
+    assert tables[1][2]["cosine"] == tables[16][2]["cosine"]
