@@ -140,8 +140,9 @@ def test_measuring_tool_calls_are_validated(name: str, arguments: dict) -> None:
 
 
 def test_direct_calls_obey_the_same_schema() -> None:
-    from tools import benchmark, evaluate
+    from tools.benchmark import benchmark
     from tools.errors import InvalidArgumentError
+    from tools.evaluate import evaluate
 
     handle = mlp_handle()
     with pytest.raises(InvalidArgumentError, match="device"):
