@@ -9,6 +9,8 @@ Names are imported on first use, so `import tools.errors` stays cheap (no torch 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
@@ -55,3 +57,20 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
+
+
+class _ToolsPackage(types.ModuleType):
+    """Keeps `tools.quantize` & co. the functions after their same-named submodules are imported.
+
+    Importing `tools.quantize` makes Python bind the submodule as the package's `quantize`
+    attribute, which would shadow the function for every later `from tools import quantize`.
+    Submodules stay reachable through `importlib.import_module("tools.quantize")`.
+    """
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f"{__name__}.{name}":
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _ToolsPackage

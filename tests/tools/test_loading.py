@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import numpy as np
@@ -116,9 +117,13 @@ def test_unsafe_file_never_loads(tmp_path: Path) -> None:
 
 def test_public_api_names() -> None:
     import tools
+    import tools.benchmark  # noqa: F401 - a submodule import must not shadow the function
+    import tools.quantize  # noqa: F401
     from tools import benchmark, evaluate, export, inspect_model, load_model, prune, quantize  # noqa: F401
 
     assert tools.load_model is load_model and callable(tools.ModelHandle)
+    for fn in (benchmark, evaluate, export, inspect_model, load_model, prune, quantize):
+        assert isinstance(fn, types.FunctionType), fn
     assert issubclass(tools.UnsafeModelError, tools.ToolError)
     with pytest.raises(AttributeError):
         _ = tools.not_a_tool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -234,7 +235,7 @@ def test_two_four_mask_keeps_the_two_largest_of_every_four() -> None:
 
 
 def test_magnitude_large_model_path_masks_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tools.prune as prune_module
+    prune_module = importlib.import_module("tools.prune")
 
     # The in-place path billion-weight models take, forced on the small MLP (sampled global threshold).
     monkeypatch.setattr(prune_module, "_LARGE_MODEL_WEIGHTS", 1000)
