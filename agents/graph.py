@@ -273,56 +273,35 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
         base = versions[base_id]
         started = time.time()
         await ctx.emit("progress", _progress(state, f"trial {n}: applying"), f"t{n}.progress.apply")
+
+        async def failed(message: str, code: str, stage: str) -> dict[str, Any]:
+            """A failed trial (the tool refused or broke, or its result cannot be saved)."""
+            await ctx.emit(
+                "tool.result",
+                {
+                    "trial": n,
+                    "ok": False,
+                    "tools": [c.tool for c in action.calls],
+                    "stage": stage,
+                    "error": message,
+                    "error_code": code,
+                    "attempt": ctx.attempt,
+                },
+                f"t{n}.tool.a{ctx.attempt}",
+            )
+            candidate = {"trial": n, "base": base_id, "error": message, "duration_s": time.time() - started}
+            return {"candidate": candidate}
+
         try:
             handle = await asyncio.to_thread(ctx.workspace.apply, base, action.calls)
         except (ValidationError, Exception) as err:  # ToolError, schema errors, tool bugs
-            message = _error_text(err)
-            await ctx.emit(
-                "tool.result",
-                {
-                    "trial": n,
-                    "ok": False,
-                    "tools": [c.tool for c in action.calls],
-                    "error": message,
-                    "error_code": getattr(err, "code", type(err).__name__),
-                    "attempt": ctx.attempt,
-                },
-                f"t{n}.tool.a{ctx.attempt}",
-            )
-            return {
-                "candidate": {
-                    "trial": n,
-                    "base": base_id,
-                    "error": message,
-                    "duration_s": time.time() - started,
-                }
-            }
+            return await failed(_error_text(err), getattr(err, "code", type(err).__name__), "apply")
         vid = f"v{n}"
         try:
             path, fmt = await asyncio.to_thread(ctx.workspace.save, vid, handle)
-        except Exception as err:  # a candidate that cannot be saved is a failed trial, never a dead session
+        except Exception as err:  # noqa: BLE001 - reported as the trial's failure
             message = f"the candidate could not be saved: {_error_text(err)}"[:1000]
-            await ctx.emit(
-                "tool.result",
-                {
-                    "trial": n,
-                    "ok": False,
-                    "tools": [c.tool for c in action.calls],
-                    "stage": "save",
-                    "error": message,
-                    "error_code": type(err).__name__,
-                    "attempt": ctx.attempt,
-                },
-                f"t{n}.tool.a{ctx.attempt}",
-            )
-            return {
-                "candidate": {
-                    "trial": n,
-                    "base": base_id,
-                    "error": message,
-                    "duration_s": time.time() - started,
-                }
-            }
+            return await failed(message, type(err).__name__, "save")
         steps = handle.recipe[-len(action.calls) :] if handle.recipe else []
         ctx.workspace.remember(vid, handle, keep={state["current_version"], BASELINE_VERSION, base_id})
         await ctx.emit(
