@@ -27,7 +27,7 @@ async def _no_messages() -> list[str]:
     return []
 
 
-async def _no_reply(text: str) -> None:
+async def _no_reply(text: str, index: int) -> None:
     return None
 
 
@@ -44,7 +44,8 @@ class GraphContext:
     interpreter: GoalInterpreter
     emit: EmitFn = _no_emit
     take_messages: Callable[[], Awaitable[list[str]]] = _no_messages
-    reply: Callable[[str], Awaitable[None]] = _no_reply
+    # Answers the user message at `index` (in the order take_messages gives them); idempotent per index.
+    reply: Callable[[str, int], Awaitable[None]] = _no_reply
     on_progress: Callable[[dict[str, Any]], Awaitable[None]] = _no_progress
     cancelled: Callable[[], bool] = lambda: False
     rollback_requests: list[dict[str, Any]] = field(default_factory=list)

@@ -179,10 +179,10 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
         seen = int(state.get("messages_seen", 0))
         messages = (await ctx.take_messages())[seen:]
         new_texts: list[str] = []
-        for text in messages:
+        for i, text in enumerate(messages):
             instructions, answer = apply_message(instructions, text, module_names(state.get("profile", {})))
             new_texts.append(text)
-            await ctx.reply(answer)
+            await ctx.reply(answer, seen + i)
         update["instructions"] = instructions.model_dump()
         update["messages_seen"] = seen + len(messages)
 

@@ -90,8 +90,8 @@ async def optimize_local_async(
     async def take_messages() -> list[str]:
         return list(pending_messages)  # every message so far; the graph skips those it has seen
 
-    async def reply(text: str) -> None:
-        await emit("message", {"role": "assistant", "content": text}, None)
+    async def reply(text: str, index: int) -> None:
+        await emit("message", {"role": "assistant", "content": text}, f"chat.reply.{index}")
 
     chosen = make_planner(planner, llm)
     use_llm = llm if isinstance(planner, str) and planner == "llm" else None

@@ -128,11 +128,15 @@ class SessionRunner:
                 ).all()
                 return [r.content for r in rows]
 
-        async def reply(text: str) -> None:
+        async def reply(text: str, index: int) -> None:
+            # Keyed by the message's index: a plan re-run after a crash does not answer it twice.
+            key = f"chat.reply.{index}"
+            if await self.events.has_key(sid, key):
+                return
             async with self.sessionmaker() as db:
                 db.add(SessionMessage(session_id=sid, role="assistant", content=text, consumed=True))
                 await db.commit()
-            await self.emit(sid, "message", {"role": "assistant", "content": text})
+            await self.emit(sid, "message", {"role": "assistant", "content": text}, key)
 
         async def on_progress(state: dict[str, Any]) -> None:
             """Bring the row up to a checkpointed state (called by the node after the one that made it)."""

@@ -52,6 +52,18 @@ class EventLog:
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._subscribers: dict[str, set[asyncio.Queue[Any]]] = defaultdict(set)
 
+    async def has_key(self, session_id: str, dedupe_key: str) -> bool:
+        """Whether an event with this `dedupe_key` was already written for the session."""
+        async with self._sessionmaker() as db:
+            seen = (
+                await db.exec(
+                    select(SessionEvent.seq).where(
+                        SessionEvent.session_id == session_id, SessionEvent.dedupe_key == dedupe_key
+                    )
+                )
+            ).first()
+        return seen is not None
+
     async def append(
         self, session_id: str, type_: str, payload: dict[str, Any], *, dedupe_key: str | None = None
     ) -> EventRecord | None:
