@@ -20,10 +20,7 @@ import argparse
 import hashlib
 import json
 import os
-import signal
-import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,17 +29,10 @@ from pathlib import Path
 
 import httpx
 import psutil
+from live import ServerError, live_server  # bench/live.py, next to this script
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-PASSWORD = "bench-admin-password"
 MiB = 1024 * 1024
 DEFAULT_MAX_UPLOAD_MB = 500  # state.settings.Settings.max_upload_mb
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_safetensors(path: Path, size_bytes: int) -> str:
@@ -130,33 +120,13 @@ def main() -> int:
     parser.add_argument("--max-growth-mb", type=float, default=100.0, help="fail above this RSS growth")
     args = parser.parse_args()
 
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="robopt-bench-") as tmp:
         tmp_path = Path(tmp)
-        data_dir = tmp_path / "data"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("API_", "DATABASE_URL", "DATA_DIR", "MAX_UPLOAD_MB", "ENVIRONMENT"))
-        }
-        env.update(
-            {
-                "DATA_DIR": str(data_dir),
-                "API_HOST": "127.0.0.1",
-                "API_PORT": str(port),
-                "API_RELOAD": "false",
-                "API_LOG_LEVEL": "warning",
-                "ADMIN_USERNAME": "admin",
-                "ADMIN_PASSWORD": PASSWORD,
-                "ENVIRONMENT": "development",
-                "PYTHONPATH": str(REPO_ROOT),
-            }
-        )
+        extra_env = {}
         limit_mb = DEFAULT_MAX_UPLOAD_MB
         if args.size_mb > DEFAULT_MAX_UPLOAD_MB:
             limit_mb = args.size_mb
-            env["MAX_UPLOAD_MB"] = str(limit_mb)
+            extra_env["MAX_UPLOAD_MB"] = str(limit_mb)
             print(f"note: --size-mb {args.size_mb} is above the default limit; MAX_UPLOAD_MB={limit_mb}")
         print(
             f"writing a {args.size_mb} MiB safetensors file (exactly {args.size_mb * MiB} bytes; "
@@ -170,28 +140,10 @@ def main() -> int:
         write_safetensors(small, MiB)
         size = big.stat().st_size
 
-        log_path = tmp_path / "server.log"
-        with open(log_path, "wb") as log:
-            server = subprocess.Popen(
-                [sys.executable, "-m", "api"], cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
-            )
-            try:
-                deadline = time.monotonic() + 120
-                while True:
-                    if server.poll() is not None or time.monotonic() > deadline:
-                        print(log_path.read_text(errors="replace")[-3000:], file=sys.stderr)
-                        print("the server did not start", file=sys.stderr)
-                        return 1
-                    try:
-                        if httpx.get(f"{base_url}/health", timeout=2).status_code == 200:
-                            break
-                    except httpx.HTTPError:
-                        pass
-                    time.sleep(0.25)
-
-                with httpx.Client(base_url=base_url, timeout=600) as client:
-                    token = client.post("/auth/login", json={"username": "admin", "password": PASSWORD})
-                    headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        try:
+            with live_server(tmp_path, extra_env) as server:
+                headers = server.login()
+                with httpx.Client(base_url=server.base_url, timeout=600) as client:
                     warm = upload(client, headers, small, "warm-up")
                     assert warm.status_code == 200, warm.text
 
@@ -207,13 +159,10 @@ def main() -> int:
                     print(f"upload failed: {r.status_code} {r.text[:500]}", file=sys.stderr)
                     return 1
                 body = r.json()
-                leftovers = [p for p in (data_dir / "uploads").iterdir()]
-            finally:
-                server.send_signal(signal.SIGTERM)
-                try:
-                    server.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    server.kill()
+                leftovers = [p for p in (server.data_dir / "uploads").iterdir()]
+        except ServerError as exc:
+            print(exc, file=sys.stderr)
+            return 1
 
     growth_mb = (peak - baseline) / MiB
     throughput = size / MiB / elapsed
