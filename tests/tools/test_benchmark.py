@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,10 @@ def test_bad_arguments_raise_typed_errors() -> None:
 
 
 def test_size_falls_back_to_in_memory_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tools.export
     from tools.quantize import quantize
+
+    # The submodule, not `tools.export` (which names the export function once it is imported).
+    export_module = importlib.import_module("tools.export")
 
     handle = mlp_handle()
     quantized = quantize(handle, "weight_only_int8")  # torchao tensor subclasses
@@ -95,7 +98,7 @@ def test_size_falls_back_to_in_memory_bytes(monkeypatch: pytest.MonkeyPatch) -> 
     def refuse(_handle: ModelHandle) -> int:
         raise RuntimeError("this tensor type cannot be serialized")
 
-    monkeypatch.setattr(tools.export, "serialized_size", refuse)
+    monkeypatch.setattr(export_module, "serialized_size", refuse)
     fp32 = benchmark(handle, warmup=0, iterations=2)
     assert fp32.size_method == "in_memory"
     assert fp32.size_bytes == 4 * sum(p.numel() for p in handle.model.parameters())
