@@ -104,14 +104,9 @@ def run_mujoco(
 
 @dataclass
 class GantryBatch:
-    top: np.ndarray
+    top: np.ndarray  # (N, 3, S, S) float32 in [-1, 1]
     side: np.ndarray
-    instruction: np.ndarray
-
-
-def images_for_model(views: np.ndarray) -> np.ndarray:
-    """Rendered [0, 1] images -> the [-1, 1] range the VLA's input signature states."""
-    return (views * 2.0 - 1.0).astype(np.float32)
+    instruction: np.ndarray  # (N, L) int64
 
 
 def run_gantry(
@@ -120,28 +115,19 @@ def run_gantry(
     image_size: int,
     instruction_len: int,
 ) -> RolloutResult:
-    """`policy` maps a batch of observations to action-bin indices (N, 7)."""
+    """`policy` maps a batch of observations to action-bin indices (N, 7); one episode per seed."""
+
+    def decide(top: np.ndarray, side: np.ndarray, instr: np.ndarray, expert: np.ndarray) -> np.ndarray:
+        batch = GantryBatch(gantry.to_model_input(top), gantry.to_model_input(side), instr)
+        bins = np.asarray(policy(batch)).reshape(len(instr), gantry.ACTION_DIMS)
+        return gantry.detokenize_actions(bins)
+
     states = [gantry.reset(np.random.default_rng(s)) for s in seeds]
-    last = [np.zeros(gantry.ACTION_DIMS) for _ in seeds]
-    returns = np.zeros(len(seeds))
-    for _ in range(gantry.EPISODE_STEPS):
-        views = [gantry.render(s, image_size) for s in states]
-        batch = GantryBatch(
-            top=images_for_model(np.stack([v[0] for v in views])),
-            side=images_for_model(np.stack([v[1] for v in views])),
-            instruction=np.stack([gantry.instruction_ids(s.goal, instruction_len) for s in states]),
-        )
-        bins = np.asarray(policy(batch)).reshape(len(seeds), gantry.ACTION_DIMS)
-        actions = gantry.detokenize_actions(bins)
-        for i, s in enumerate(states):
-            states[i] = gantry.step(s, actions[i])
-            last[i] = actions[i]
-            returns[i] -= float(np.linalg.norm(states[i].targets[states[i].goal] - states[i].gripper))
-    ok = [gantry.success(s, a) for s, a in zip(states, last, strict=True)]
+    log = gantry.run_episodes(states, decide, image_size, instruction_len)
     return RolloutResult(
-        success_rate=float(np.mean(ok)),
-        mean_return=float(np.mean(returns)),
+        success_rate=float(np.mean(log.success)),
+        mean_return=float(np.mean(log.returns)),
         observations=np.zeros((0, 0), np.float32),
-        episode_returns=[float(r) for r in returns],
-        episode_success=ok,
+        episode_returns=log.returns,
+        episode_success=log.success,
     )

@@ -33,37 +33,61 @@ def test_pendulum_lqr_expert_balances_and_zero_action_falls() -> None:
     assert max(idle.episode_returns) < 200
 
 
+def _tokenized(actions: np.ndarray) -> np.ndarray:
+    return gantry.detokenize_actions(gantry.tokenize_actions(actions))
+
+
 def test_gantry_expert_tokenized_actions_succeed_and_instruction_matters() -> None:
-    rng = np.random.default_rng(0)
-    wins, wrong_target_wins = 0, 0
-    for _ in range(30):
-        state = gantry.reset(rng)
-        other = "red" if state.goal == "blue" else "blue"
-        decoy = gantry.GantryState(state.gripper, state.targets, other)
-        for _ in range(gantry.EPISODE_STEPS):
-            action = gantry.detokenize_actions(gantry.tokenize_actions(gantry.expert_action(state)))
-            state = gantry.step(state, action)
-            act_decoy = gantry.detokenize_actions(gantry.tokenize_actions(gantry.expert_action(decoy)))
-            decoy = gantry.step(decoy, act_decoy)
-        wins += gantry.success(state, action)
-        # Following the other colour never counts as reaching the instructed one.
-        wrong_target_wins += gantry.success(
-            gantry.GantryState(decoy.gripper, decoy.targets, state.goal), act_decoy
-        )
-    assert wins == 30
-    assert wrong_target_wins == 0
+    states = [gantry.reset(np.random.default_rng(s)) for s in range(40)]
+
+    def expert(top: np.ndarray, side: np.ndarray, instr: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        return _tokenized(actions)
+
+    log = gantry.run_episodes(states, expert, 32, 8)
+    assert all(log.success)
+    assert max(log.steps) <= gantry.EPISODE_STEPS
+    # Following the other colour's expert closes on the wrong target: never a success.
+    decoys = [gantry.GantryState(s.gripper, s.targets, "red" if s.goal == "blue" else "blue") for s in states]
+    decoy_log = gantry.run_episodes(decoys, expert, 32, 8)
+    wrong = [
+        gantry.on_target(gantry.GantryState(s.targets[d.goal], s.targets, s.goal))
+        for s, d in zip(states, decoys, strict=True)
+    ]
+    assert all(decoy_log.success) and not any(wrong)
+
+
+def test_gantry_blind_policies_fail() -> None:
+    states = [gantry.reset(np.random.default_rng(s)) for s in range(40)]
+    close_now = np.zeros(gantry.ACTION_DIMS)
+    close_now[6] = 1.0
+    never_close = np.zeros(gantry.ACTION_DIMS)
+    never_close[:3] = 1.0
+    never_close[6] = -1.0
+    for action in (close_now, never_close):
+        log = gantry.run_episodes(states, lambda t, s, i, e, a=action: np.tile(_tokenized(a), (len(t), 1)), 32, 8)
+        assert sum(log.success) <= 2
+    # Closing at once ends every episode after one step; never closing runs them all out.
+    assert gantry.run_episodes(states, lambda t, s, i, e: np.tile(close_now, (len(t), 1)), 32, 8).steps == [1] * 40
+
+
+def test_gantry_moves_whole_lattice_steps_within_limits() -> None:
+    state = gantry.GantryState(np.array([gantry.LIMIT, 0, 0]), {"red": np.zeros(3, int), "blue": np.ones(3, int)}, "red")
+    moved = gantry.step(state, _tokenized(np.array([1.0, -1.0, 0.0, 0, 0, 0, -1.0])))
+    assert moved.gripper.tolist() == [gantry.LIMIT, -1, 0]  # clipped at the limit; bin centres round
+    assert not gantry.closes(_tokenized(np.zeros(gantry.ACTION_DIMS)))  # the centre bin keeps it open
 
 
 def test_gantry_views_show_the_scene() -> None:
     state = gantry.reset(np.random.default_rng(1))
     top, side = gantry.render(state, 32)
-    assert top.shape == side.shape == (3, 32, 32)
-    assert 0.0 <= top.min() and top.max() <= 1.0
+    assert top.shape == side.shape == (3, 32, 32) and top.dtype == np.uint8
     # The red target is visible as a red blob in the top view.
-    red = (top[0] > 0.8) & (top[1] < 0.4) & (top[2] < 0.4)
+    red = (top[0] > 200) & (top[1] < 100) & (top[2] < 100)
     assert red.sum() >= 2
-    # The two views differ (different projections).
-    assert not np.allclose(top, side)
+    # The two views differ (different projections), and the model's input range is [-1, 1].
+    assert not np.array_equal(top, side)
+    x = gantry.to_model_input(top)
+    assert x.dtype == np.float32 and -1.0 <= x.min() and x.max() <= 1.0
 
 
 def test_dominance_ignores_noise_but_catches_real_wins() -> None:
