@@ -64,7 +64,11 @@ def reset(rng: np.random.Generator) -> GantryState:
     while True:
         gripper, red, blue = rng.integers(-LIMIT, LIMIT + 1, size=(3, 3))
         # Targets apart from each other and from the start, so the instruction decides the motion.
-        if np.abs(red - blue).sum() >= 3 and np.abs(red - gripper).sum() >= 2 and np.abs(blue - gripper).sum() >= 2:
+        if (
+            np.abs(red - blue).sum() >= 3
+            and np.abs(red - gripper).sum() >= 2
+            and np.abs(blue - gripper).sum() >= 2
+        ):
             break
     goal = "red" if rng.random() < 0.5 else "blue"
     return GantryState(gripper=gripper, targets={"red": red, "blue": blue}, goal=goal)
@@ -170,7 +174,9 @@ def run_episodes(
             log.side.append(side)
             log.instruction.append(instr)
             log.expert.append(expert)
-        actions = np.asarray(decide(top, side, instr, expert), dtype=np.float64).reshape(idx.size, ACTION_DIMS)
+        actions = np.asarray(decide(top, side, instr, expert), dtype=np.float64).reshape(
+            idx.size, ACTION_DIMS
+        )
         for j, i in enumerate(idx):
             log.steps[i] += 1
             if closes(actions[j]):

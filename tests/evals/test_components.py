@@ -64,14 +64,21 @@ def test_gantry_blind_policies_fail() -> None:
     never_close[:3] = 1.0
     never_close[6] = -1.0
     for action in (close_now, never_close):
-        log = gantry.run_episodes(states, lambda t, s, i, e, a=action: np.tile(_tokenized(a), (len(t), 1)), 32, 8)
+        log = gantry.run_episodes(
+            states, lambda t, s, i, e, a=action: np.tile(_tokenized(a), (len(t), 1)), 32, 8
+        )
         assert sum(log.success) <= 2
     # Closing at once ends every episode after one step; never closing runs them all out.
-    assert gantry.run_episodes(states, lambda t, s, i, e: np.tile(close_now, (len(t), 1)), 32, 8).steps == [1] * 40
+    assert (
+        gantry.run_episodes(states, lambda t, s, i, e: np.tile(close_now, (len(t), 1)), 32, 8).steps
+        == [1] * 40
+    )
 
 
 def test_gantry_moves_whole_lattice_steps_within_limits() -> None:
-    state = gantry.GantryState(np.array([gantry.LIMIT, 0, 0]), {"red": np.zeros(3, int), "blue": np.ones(3, int)}, "red")
+    state = gantry.GantryState(
+        np.array([gantry.LIMIT, 0, 0]), {"red": np.zeros(3, int), "blue": np.ones(3, int)}, "red"
+    )
     moved = gantry.step(state, _tokenized(np.array([1.0, -1.0, 0.0, 0, 0, 0, -1.0])))
     assert moved.gripper.tolist() == [gantry.LIMIT, -1, 0]  # clipped at the limit; bin centres round
     assert not gantry.closes(_tokenized(np.zeros(gantry.ACTION_DIMS)))  # the centre bin keeps it open
