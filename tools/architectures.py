@@ -15,7 +15,7 @@ Architectures:
   the default) or as OpenVLA does, greedily one token at a time over a KV cache
   (`decoding="autoregressive"`, the `openvla_7b` preset).
 
-Presets (`PRESETS`) are named configs of a base architecture: `vla_mini` (about 2M parameters,
+Presets (`PRESETS`) are named configs of a base architecture: `vla_mini` (about 1.5M parameters,
 trains on a CPU in minutes) and `openvla_7b` (the real OpenVLA-7B shape, about 7.5B parameters;
 never instantiate it on a CPU: `count_parameters` sizes it on the meta device).
 """
@@ -601,7 +601,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 PRESETS: dict[str, ArchitectureRef] = {
-    # ~2M parameters, 32 px images (4x4 patches of 8 px): trains on a CPU in minutes.
+    # ~1.5M parameters, 32 px images (4x4 patches of 8 px): trains on a CPU in minutes.
     "vla_mini": ArchitectureRef(
         name="vla",
         config={
