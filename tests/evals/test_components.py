@@ -151,3 +151,37 @@ def test_recording_against_mock_server_replays_identically(tmp_path: Path) -> No
 
     with pytest.raises(LLMError):  # exhausted: the planner falls back as on a provider outage
         asyncio.run(replay.complete(messages, tools=planner_tools()))
+
+
+def test_vla_reference_training_uses_dagger_and_its_policy_drives_the_gantry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The vla-mini builder at a tiny budget: expert data, one DAgger round, eval data, closed loop."""
+    import torch
+
+    from evals import reference
+    from evals.rollouts import run_gantry
+
+    monkeypatch.setattr(reference, "VLA_EPISODES", 12)
+    monkeypatch.setattr(reference, "VLA_STEPS", 2)
+    monkeypatch.setattr(reference, "VLA_DAGGER_ROUNDS", 1)
+    monkeypatch.setattr(reference, "VLA_DAGGER_EPISODES", 6)
+    monkeypatch.setattr(reference, "VLA_DAGGER_STEPS", 2)
+    spec = reference.REFERENCES["vla-mini"]
+    model, eval_data, info = spec.train(spec.architecture, 0)
+    rounds = info["training"]
+    assert len(rounds) == 2 and rounds[1]["samples"] > rounds[0]["samples"]  # the policy's own states added
+    assert eval_data["images_a"].shape == (512, 3, 32, 32) and eval_data["images_a"].dtype == np.float32
+    assert eval_data["targets"].shape == (512, 7)
+    # The held-out labels are the expert's: translation bins at the ends or the centre, never between.
+    assert set(np.unique(eval_data["targets"][:, :3])) <= {0, 128, 255}
+
+    def policy(batch):  # noqa: ANN001, ANN202
+        with torch.inference_mode():
+            logits = model(
+                torch.from_numpy(batch.top), torch.from_numpy(batch.side), torch.from_numpy(batch.instruction)
+            )
+        return logits.argmax(-1).numpy()
+
+    result = run_gantry(policy, list(range(8)), 32, 8)
+    assert len(result.episode_success) == 8 and 0.0 <= result.success_rate <= 1.0
