@@ -8,13 +8,13 @@ on disk before the next node starts and a killed process resumes without redoing
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 from pydantic import ValidationError
 
+from agents import compute
 from agents.context import GraphContext
 from agents.criteria import Criteria, Measurement, goal_reached, meets, objective, size_reduction_percent
 from agents.instructions import apply_message
@@ -125,10 +125,10 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
         await ctx.emit(
             "progress", {"step": "profile", "percentage": 2.0, "message": "Loading and profiling"}, "p0"
         )
-        handle = await asyncio.to_thread(ctx.workspace.original)
-        prof = await asyncio.to_thread(inspect_model, handle)
+        handle = await compute.run(ctx.workspace.original)
+        prof = await compute.run(inspect_model, handle)
         prof_dict = prof.model_dump(mode="json") if hasattr(prof, "model_dump") else dict(prof)
-        baseline = await asyncio.to_thread(measure, ctx, handle, criteria, state["device"])
+        baseline = await compute.run(measure, ctx, handle, criteria, state["device"])
         v0 = VersionRecord(
             id=BASELINE_VERSION,
             artifact_path=str(ctx.workspace.source.path) if ctx.workspace.source else None,
@@ -293,12 +293,12 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
             return {"candidate": candidate}
 
         try:
-            handle = await asyncio.to_thread(ctx.workspace.apply, base, action.calls)
+            handle = await compute.run(ctx.workspace.apply, base, action.calls)
         except (ValidationError, Exception) as err:  # ToolError, schema errors, tool bugs
             return await failed(_error_text(err), getattr(err, "code", type(err).__name__), "apply")
         vid = f"v{n}"
         try:
-            path, fmt = await asyncio.to_thread(ctx.workspace.save, vid, handle)
+            path, fmt = await compute.run(ctx.workspace.save, vid, handle)
         except Exception as err:  # noqa: BLE001 - reported as the trial's failure
             message = f"the candidate could not be saved: {_error_text(err)}"[:1000]
             return await failed(message, type(err).__name__, "save")
@@ -364,11 +364,11 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
         else:
             vid = cand["version_id"]
             base_rec = versions[record.base_version]
-            handle = await asyncio.to_thread(
+            handle = await compute.run(
                 ctx.workspace.handle,
                 VersionRecord(id=vid, parent=base_rec.id, recipe=[*base_rec.recipe, *action.calls]),
             )
-            m = await asyncio.to_thread(measure, ctx, handle, criteria, state["device"])
+            m = await compute.run(measure, ctx, handle, criteria, state["device"])
             score = objective(criteria, baseline, m)
             cur_score = objective(criteria, baseline, current)
             ok = meets(criteria, baseline, m)

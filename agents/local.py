@@ -15,6 +15,7 @@ from typing import Any
 
 from langgraph.checkpoint.memory import InMemorySaver
 
+from agents import compute
 from agents.context import GraphContext
 from agents.criteria import Criteria, Measurement
 from agents.critic import Critic
@@ -121,7 +122,7 @@ async def optimize_local_async(
     report = final["report"]
     selected_id = final["current_version"]
     version = final["versions"][selected_id]
-    selected_handle = await asyncio.to_thread(ctx.workspace.handle, VersionRecord.model_validate(version))
+    selected_handle = await compute.run(ctx.workspace.handle, VersionRecord.model_validate(version))
     await emit("result", {"summary": report["optimization_summary"]}, None)
     return LocalOutcome(
         selected=selected_handle,

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from fastapi import FastAPI
 from sqlmodel import col, select
 
+from agents import compute
 from agents.executor import InProcessExecutor
 from agents.runner import SessionRunner
 from state.checkpoints import open_checkpointer
@@ -25,6 +26,7 @@ log = logging.getLogger("robopt.agents")
 
 async def start(app: FastAPI) -> None:
     settings = app.state.settings
+    compute.configure(nice=settings.compute_nice, workers=settings.max_concurrent_sessions + 1)
     stack = AsyncExitStack()
     checkpointer = await open_checkpointer(settings, stack)
     events = EventLog(app.state.sessionmaker)

@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     default_max_trials: int = Field(default=12, ge=1, le=200)
     default_time_budget_s: float = Field(default=900.0, gt=0)
     sse_ping_s: float = Field(default=15.0, gt=0)
+    # Nice value of the session compute threads (0 = the server's own priority); see agents/compute.py.
+    compute_nice: int = Field(default=10, ge=0, le=19)
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -37,6 +37,7 @@ MIN_AMOUNT_STEP = 0.04
 MIN_USEFUL_AMOUNT = 0.1  # below this, pruning saves too little to be worth a trial
 RESTART_AMOUNT = 0.3
 MAX_PRUNE_AMOUNT = 0.9
+AMOUNT_EPS = 1e-4  # amounts are proposed rounded to 4 decimals
 _BITS = {
     "dynamic_int8": 8,
     "static_int8": 8,
@@ -63,9 +64,9 @@ def decide(view: PlannerView) -> Action:
     if view.instructions.finish_requested:
         return _finish("The user asked to stop; reporting the best version so far.")
     if goal_reached(view.criteria, view.baseline, view.current):
-        action = _speed_step(view, facts)
+        action = _fresh(_speed_step(view, facts), view)
         if action is not None:
-            return _constrained(action, view)
+            return action
         return _finish(
             f"The goal is reached: {size_reduction_percent(view.baseline, view.current):.1f}% smaller "
             f"(target {view.criteria.size_target_percent:.0f}%) with "
@@ -73,9 +74,9 @@ def decide(view: PlannerView) -> Action:
             f"(floor {100 * view.criteria.accuracy_floor:.1f}%), and no faster variant is left to try."
         )
     for step in (_quantization_step, _bit_escalation_step, _pruning_step, _speed_step):
-        action = step(view, facts)
+        action = _fresh(step(view, facts), view)
         if action is not None:
-            return _constrained(action, view)
+            return action
     best = size_reduction_percent(view.baseline, view.current)
     return _finish(
         f"Nothing left that is expected to help: the current version is {best:.1f}% smaller than the original "  # noqa: E501
@@ -338,12 +339,23 @@ def _pruning_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
             f"of the weights removed. Starting the pruning search there ({method}, then re-quantizing)."
         )
     elif hi is None:
-        if lo >= needed - 1e-6:
-            return None  # the needed amount already met the floor: nothing more to search
-        amount = min(MAX_PRUNE_AMOUNT, needed)
-        why = (
-            f"{100 * lo:.0f}% pruning met the floor; trying the amount the target needs, {100 * amount:.0f}%."
-        )
+        if lo >= needed - AMOUNT_EPS:
+            # The amount the target needs met the floor. Once the gate kept it, the search is over;
+            # if it turned it down, the same pruning under a quantization found since is a new
+            # candidate (a repeat of a tried recipe is skipped in `decide`).
+            if any(t.status == "accepted" for t in search):
+                return None
+            amount = lo
+            why = (
+                f"{100 * lo:.0f}% pruning met the accuracy floor but did not raise the score with the "
+                "quantization of the time; trying it with the current quantization."
+            )
+        else:
+            amount = min(MAX_PRUNE_AMOUNT, needed)
+            why = (
+                f"{100 * lo:.0f}% pruning met the floor; trying the amount the target needs, "
+                f"{100 * amount:.0f}%."
+            )
     else:
         if hi - lo <= MIN_AMOUNT_STEP or (lo == 0.0 and hi <= MIN_USEFUL_AMOUNT):
             if lo == 0.0 and restarts == 0:
@@ -546,6 +558,20 @@ def _retained(t: TrialRecord) -> float:
 
 def _finish(reason: str) -> Action:
     return Action(kind="finish", reasoning=reason, strategy="finish")
+
+
+def _fresh(action: Action | None, view: PlannerView) -> Action | None:
+    """The action as it will run (instructions applied), or None if that exact trial was already made."""
+    if action is None:
+        return None
+    action = _constrained(action, view)
+    if action.kind != "tool":
+        return action
+    base = action.base_version or view.current_version
+    key = _calls_key(action.calls)
+    if any(t.base_version == base and _calls_key(t.calls) == key for t in view.trials):
+        return None
+    return action
 
 
 def _constrained(action: Action, view: PlannerView) -> Action:

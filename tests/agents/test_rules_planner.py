@@ -216,3 +216,29 @@ def test_only_allowed_techniques_are_used() -> None:
     assert [c.tool for c in a.calls] == ["prune"]
     half = Criteria(optimization_techniques=["half_precision"], max_size_reduction_percent=40)
     assert decide(h.view(half)).calls[0].arguments["method"] == "fp16"
+
+
+def test_a_pruning_step_the_gate_turned_down_is_never_repeated_and_returns_with_a_new_quantization() -> None:
+    """Regression: the needed amount met the floor but lost on score (a noisy latency); the planner
+    used to propose the very same trial until its budget ran out."""
+    h = History()
+    criteria = Criteria(
+        criteria_name="max_compression", target_accuracy_threshold=0.99, max_size_reduction_percent=75
+    )
+    h.trial(decide(h.view(criteria)), size=314_000, acc=1.0, accepted=True)  # dynamic int8
+    prune = decide(h.view(criteria))
+    assert prune.strategy == "prune_search"
+    h.trial(prune, size=230_000, acc=1.0, accepted=False)  # meets the floor, no better score
+    requant = decide(h.view(criteria))
+    assert requant.strategy == "requantize_for_speed"
+    assert requant.calls == [ToolCall(tool="quantize", arguments={"method": "static_int8"})]
+    h.trial(requant, size=300_000, acc=1.0, accepted=True)
+    again = decide(h.view(criteria))
+    assert again.strategy == "prune_search"
+    assert again.calls == [prune.calls[0], ToolCall(tool="quantize", arguments={"method": "static_int8"})]
+    h.trial(again, size=230_000, acc=1.0, accepted=False)
+    # Every recipe worth trying has been tried once: finish instead of repeating one.
+    last = decide(h.view(criteria))
+    assert last.kind == "finish"
+    keys = [(t.base_version, repr(t.calls)) for t in h.trials]
+    assert len(keys) == len(set(keys))
