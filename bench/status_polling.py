@@ -6,12 +6,15 @@ Starts `python -m api` on a free port with a temporary DATA_DIR and the embedded
 the in-process executor, the rules planner), logs in and uploads two MLP policies (state dicts with
 their architecture). A short session on the small one finishes first: its status is what the idle
 scenarios poll. Then `--clients` clients (one httpx.AsyncClient, so one keep-alive connection, each)
-poll GET /sessions/{id}/status for `--seconds` in four scenarios, side by side in one run:
+poll GET /sessions/{id}/status for `--seconds` in five scenarios, side by side in one run:
 
 - idle, paced:         no session running; each client polls every `--interval` s (random phase)
 - session, paced:      the same while a max_compression session runs on the wide MLP (its status)
 - idle, back-to-back:  no session running; each client sends its next request as the last returns
 - session, back-to-back: the same while the session runs
+- session, paced, nice 0: the baseline, on a second server started with COMPUTE_NICE=0 (session
+                          compute at the server's own priority, as before agents/compute.py);
+                          `--no-baseline` skips it
 
 Paced polling is what a client watching a session does; back-to-back shows the server's capacity
 (there, latency is mostly queueing: clients / throughput). The target (ARCHITECTURE.md, "Targets")
@@ -240,6 +243,34 @@ def print_table(results: list[Result], clients: int, p99_ms: float) -> None:
         )
 
 
+def session_scenario(
+    name: str,
+    server: LiveServer,
+    client: httpx.Client,
+    headers: dict[str, str],
+    model_id: str,
+    args: argparse.Namespace,
+    interval: float,
+) -> Result:
+    """Poll a fresh SLOW session (so that it runs for the whole measurement), then cancel it."""
+    slow_id = start_session(client, headers, model_id, SLOW)
+    wait_status(client, headers, slow_id, ("running",), timeout_s=60)
+    time.sleep(1.0)  # past the profiling step: trials are what runs
+    result = run_scenario(name, server, client, headers, slow_id, args, interval)
+    final = client.get(f"/sessions/{slow_id}/status", headers=headers).json()
+    print(
+        f"{name}: session {slow_id} is {final['status']} after the measurement "
+        f"({final['trials_done']}/{SLOW['max_trials']} trials)",
+        flush=True,
+    )
+    if final["status"] in TERMINAL:
+        print("WARNING: the session ended during the measurement (give it more work)")
+    else:
+        client.post(f"/sessions/{slow_id}/cancel", headers=headers)
+        wait_status(client, headers, slow_id, ("cancelled", "completed"), timeout_s=120)
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -250,6 +281,9 @@ def main() -> int:
         "--interval", type=float, default=0.5, help="poll interval of a client in the paced scenarios (s)"
     )
     parser.add_argument("--p99-ms", type=float, default=50.0, help="the target p99 latency")
+    parser.add_argument(
+        "--no-baseline", action="store_true", help="skip the COMPUTE_NICE=0 server (the baseline)"
+    )
     args = parser.parse_args()
     print(
         f"{args.clients} clients, {args.seconds:g} s per scenario, paced every {args.interval:g} s; "
@@ -264,7 +298,7 @@ def main() -> int:
         wide = write_policy(tmp_path, "wide_mlp", WIDE)
         try:
             with (
-                live_server(tmp_path) as server,
+                live_server(tmp_path / "default") as server,
                 httpx.Client(base_url=server.base_url, timeout=60) as client,
             ):
                 headers = server.login()
@@ -279,24 +313,20 @@ def main() -> int:
                     run_scenario("idle, paced", server, client, headers, done_id, args, args.interval)
                 )
                 results.append(run_scenario("idle, back-to-back", server, client, headers, done_id, args, 0))
-
                 for name, interval in (("session, paced", args.interval), ("session, back-to-back", 0)):
-                    # A fresh session per scenario, so that each runs for the whole measurement.
-                    slow_id = start_session(client, headers, wide_id, SLOW)
-                    wait_status(client, headers, slow_id, ("running",), timeout_s=60)
-                    time.sleep(1.0)  # past the profiling step: trials are what runs
-                    results.append(run_scenario(name, server, client, headers, slow_id, args, interval))
-                    final = client.get(f"/sessions/{slow_id}/status", headers=headers).json()
-                    print(
-                        f"{name}: session {slow_id} is {final['status']} after the measurement "
-                        f"({final['trials_done']}/{SLOW['max_trials']} trials)",
-                        flush=True,
+                    results.append(session_scenario(name, server, client, headers, wide_id, args, interval))
+            if not args.no_baseline:
+                # The baseline, side by side: the same server with session compute at normal priority.
+                with (
+                    live_server(tmp_path / "nice0", extra_env={"COMPUTE_NICE": "0"}) as server,
+                    httpx.Client(base_url=server.base_url, timeout=60) as client,
+                ):
+                    headers = server.login()
+                    wide_id = upload_policy(client, headers, *wide)
+                    name = "session, paced, nice 0"
+                    results.append(
+                        session_scenario(name, server, client, headers, wide_id, args, args.interval)
                     )
-                    if final["status"] in TERMINAL:
-                        print("WARNING: the session ended during the measurement (give it more work)")
-                    else:
-                        client.post(f"/sessions/{slow_id}/cancel", headers=headers)
-                        wait_status(client, headers, slow_id, ("cancelled", "completed"), timeout_s=120)
         except ServerError as exc:
             print(exc, file=sys.stderr)
             return 1
