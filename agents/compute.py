@@ -6,6 +6,13 @@ behind them. Compute threads lower their own priority (`COMPUTE_NICE`) before th
 the OpenMP and ONNX Runtime worker threads they start inherit it (Linux threads inherit their
 creator's nice value), and the event loop wins the CPU whenever it has work. Benchmarks inside a
 session still see the whole machine when it is otherwise idle: niceness only matters under contention.
+
+The pool exists only once the server configures it. Elsewhere (the eval harness, `optimize_local`)
+`run` is plain `asyncio.to_thread`, whose threads end with their event loop: a thread that ran torch
+keeps an OpenMP team alive, and two live teams on a small machine put libgomp in its throttled
+mode, which slows every later small torch call in the process (measured: 40 us -> 200 us per call
+of a 512-wide MLP on 2 cores). The server's pool has one thread per concurrent session for the same
+reason: a session's compute always runs on the same thread, so its benchmarks stay comparable.
 """
 
 from __future__ import annotations
@@ -27,17 +34,27 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
+_configured = False
 _nice = 0
-_workers = 4
+_workers = 1
 _lock = threading.Lock()
 
 
 def configure(*, nice: int, workers: int) -> None:
-    """Set the priority and size of the pool; takes effect for threads started afterwards."""
-    global _nice, _workers, _pool
+    """Run compute on a pool of `workers` threads at nice value `nice` (the server, at start-up)."""
+    global _nice, _workers, _pool, _configured
     with _lock:
-        _nice, _workers = nice, max(1, workers)
+        _nice, _workers, _configured = nice, max(1, workers), True
         old, _pool = _pool, None
+    if old is not None:
+        old.shutdown(wait=False)
+
+
+def reset() -> None:
+    """Back to `asyncio.to_thread` (the server, at shut-down); the pool's threads finish their work."""
+    global _pool, _configured
+    with _lock:
+        old, _pool, _configured = _pool, None, False
     if old is not None:
         old.shutdown(wait=False)
 
@@ -65,6 +82,8 @@ def _executor() -> ThreadPoolExecutor:
 
 async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """`asyncio.to_thread` on the compute pool (context variables carried along the same way)."""
+    if not _configured:
+        return await asyncio.to_thread(fn, *args, **kwargs)
     ctx = contextvars.copy_context()
     call = functools.partial(ctx.run, fn, *args, **kwargs)
     return await asyncio.get_running_loop().run_in_executor(_executor(), call)

@@ -26,7 +26,7 @@ log = logging.getLogger("robopt.agents")
 
 async def start(app: FastAPI) -> None:
     settings = app.state.settings
-    compute.configure(nice=settings.compute_nice, workers=settings.max_concurrent_sessions + 1)
+    compute.configure(nice=settings.compute_nice, workers=settings.max_concurrent_sessions)
     stack = AsyncExitStack()
     checkpointer = await open_checkpointer(settings, stack)
     events = EventLog(app.state.sessionmaker)
@@ -62,3 +62,4 @@ async def stop(app: FastAPI) -> None:
     stack = getattr(app.state, "runtime_stack", None)
     if stack is not None:
         await stack.aclose()
+    compute.reset()

@@ -32,16 +32,28 @@ def test_compute_runs_on_niced_threads_with_the_callers_context() -> None:
     try:
         name, nice, marker = asyncio.run(main())
     finally:
-        compute.configure(nice=0, workers=2)
+        compute.reset()
     assert name.startswith("robopt-compute")
     assert nice == max(base, 7)  # the thread's own priority, not the process's
     assert os.getpriority(os.PRIO_PROCESS, 0) == base
     assert marker == "from the caller"
 
 
-def test_compute_propagates_exceptions() -> None:
+@pytest.mark.parametrize("pooled", [False, True])
+def test_compute_propagates_exceptions(pooled: bool) -> None:
     def boom() -> None:
         raise ValueError("bad input")
 
-    with pytest.raises(ValueError, match="bad input"):
-        asyncio.run(compute.run(boom))
+    if pooled:
+        compute.configure(nice=0, workers=1)
+    try:
+        with pytest.raises(ValueError, match="bad input"):
+            asyncio.run(compute.run(boom))
+    finally:
+        compute.reset()
+
+
+def test_without_the_server_compute_is_plain_to_thread() -> None:
+    """Outside the server (eval harness, optimize_local) no pool thread outlives the event loop."""
+    name, _, _ = asyncio.run(compute.run(_where))
+    assert not name.startswith("robopt-compute")
