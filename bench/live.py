@@ -89,6 +89,7 @@ def live_server(
             **(extra_env or {}),
         }
     )
+    tmp_path.mkdir(parents=True, exist_ok=True)
     log_path = tmp_path / "server.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
