@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
+from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from api.errors import ApiError
@@ -53,10 +54,13 @@ async def get_current_user(request: Request, token: TokenDep, db: DbDep) -> User
     except InvalidTokenError as exc:
         security_event("token_rejected", reason=str(exc), client=_client(request), path=request.url.path)
         raise unauthorized() from exc
-    if await db.get(RevokedToken, claims.jti) is not None:
+    # One round trip for the user and the revocation check: every authenticated request pays it.
+    revoked = select(RevokedToken.jti).where(RevokedToken.jti == claims.jti).exists()
+    row = (await db.exec(select(User, revoked).where(User.id == claims.sub))).first()
+    user, is_revoked = row if row is not None else (None, False)
+    if is_revoked:
         security_event("revoked_token_used", user_id=claims.sub, client=_client(request))
         raise unauthorized("Token has been revoked")
-    user = await db.get(User, claims.sub)
     if user is None or not user.is_active:
         security_event("inactive_or_unknown_user_token", user_id=claims.sub, client=_client(request))
         raise unauthorized("User is unknown or disabled")
