@@ -16,6 +16,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from agents.compute import run_isolated
 from api.deps import CurrentUser, DbDep, SettingsDep, StoreDep
 from api.errors import ApiError, error_responses
 from api.log import security_event
@@ -155,8 +156,8 @@ async def upload_model(
         description = _text_field(received.fields, "description", MAX_DESCRIPTION)
         architecture = _parse_architecture(received.fields.get("architecture"))
         try:
-            report = await asyncio.to_thread(check_model_file, received.path, received.extension)
-            input_spec = await asyncio.to_thread(probe_input_spec, received.path, report, architecture)
+            report = await run_isolated(check_model_file, received.path, received.extension)
+            input_spec = await run_isolated(probe_input_spec, received.path, report, architecture)
         except ToolError as exc:
             raise _tool_error(exc) from exc
 
@@ -325,7 +326,7 @@ async def attach_evaluation_data(
             allowed_extensions=EVAL_DATA_EXTENSIONS,
         )
         try:
-            data = await asyncio.to_thread(check_eval_data, received.path, received.extension)
+            data = await run_isolated(check_eval_data, received.path, received.extension)
         except UnsafeModelError as exc:
             raise _tool_error(exc) from exc
         except ToolError as exc:

@@ -57,3 +57,27 @@ def test_without_the_server_compute_is_plain_to_thread() -> None:
     """Outside the server (eval harness, optimize_local) no pool thread outlives the event loop."""
     name, _, _ = asyncio.run(compute.run(_where))
     assert not name.startswith("robopt-compute")
+
+
+def test_isolated_calls_run_on_a_thread_that_ends_with_them() -> None:
+    seen: list[threading.Thread] = []
+
+    def work(x: int) -> int:
+        seen.append(threading.current_thread())
+        return x * 2
+
+    def boom() -> None:
+        raise KeyError("missing")
+
+    async def main() -> int:
+        _marker.set("carried")
+        result = await compute.run_isolated(work, 21)
+        with pytest.raises(KeyError, match="missing"):
+            await compute.run_isolated(boom)
+        return result
+
+    assert asyncio.run(main()) == 42
+    (thread,) = seen
+    assert thread.name == "robopt-isolated" and thread is not threading.main_thread()
+    thread.join(timeout=5)
+    assert not thread.is_alive()  # its OpenMP team, if any, went with it
