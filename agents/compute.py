@@ -7,8 +7,9 @@ the OpenMP and ONNX Runtime worker threads they start inherit it (Linux threads 
 creator's nice value), and the event loop wins the CPU whenever it has work. Benchmarks inside a
 session still see the whole machine when it is otherwise idle: niceness only matters under contention.
 
-The pool exists only once the server configures it. Elsewhere (the eval harness, `optimize_local`)
-`run` is plain `asyncio.to_thread`, whose threads end with their event loop: a thread that ran torch
+The pool exists only once the server configures it. `optimize_local` (the eval harness) runs compute
+inline on its own thread; `optimize_local_async` from other code uses plain `asyncio.to_thread`,
+whose threads end with their event loop. Why it matters: a thread that ran torch
 keeps an OpenMP team alive, and two live teams on a small machine put libgomp in its throttled
 mode, which slows every later small torch call in the process (measured: 40 us -> 200 us per call
 of a 512-wide MLP on 2 cores). The server's pool has one thread per concurrent session for the same
@@ -39,6 +40,9 @@ T = TypeVar("T")
 
 _pool: ThreadPoolExecutor | None = None
 _configured = False
+# Set by `optimize_local`'s blocking wrapper: the event loop is its own, so compute runs inline on
+# the caller's thread, the thread that also loads the model and measures it afterwards.
+inline: contextvars.ContextVar[bool] = contextvars.ContextVar("robopt_compute_inline", default=False)
 _nice = 0
 _workers = 1
 _lock = threading.Lock()
@@ -116,6 +120,8 @@ async def run_isolated(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs)
 
 async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """`asyncio.to_thread` on the compute pool (context variables carried along the same way)."""
+    if inline.get():
+        return fn(*args, **kwargs)
     if not _configured:
         return await asyncio.to_thread(fn, *args, **kwargs)
     ctx = contextvars.copy_context()

@@ -152,15 +152,20 @@ def optimize_local(
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(
-            optimize_local_async(
-                handle,
-                criteria,
-                planner=planner,
-                on_event=on_event,
-                llm=llm,
-                artifacts_dir=artifacts_dir,
-                messages=messages,
+        # The loop is ours alone: compute runs inline on this thread (see agents/compute.py).
+        token = compute.inline.set(True)
+        try:
+            return asyncio.run(
+                optimize_local_async(
+                    handle,
+                    criteria,
+                    planner=planner,
+                    on_event=on_event,
+                    llm=llm,
+                    artifacts_dir=artifacts_dir,
+                    messages=messages,
+                )
             )
-        )
+        finally:
+            compute.inline.reset(token)
     raise RuntimeError("optimize_local was called inside an event loop; await optimize_local_async instead")

@@ -81,3 +81,22 @@ def test_isolated_calls_run_on_a_thread_that_ends_with_them() -> None:
     assert thread.name == "robopt-isolated" and thread is not threading.main_thread()
     thread.join(timeout=5)
     assert not thread.is_alive()  # its OpenMP team, if any, went with it
+
+
+def test_optimize_locals_blocking_wrapper_computes_on_the_callers_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """optimize_local owns its loop: compute runs inline, where the caller loads and measures models."""
+    from agents import local
+
+    seen: list[str] = []
+
+    async def fake_async(*args: object, **kwargs: object) -> str:
+        name, _, _ = await compute.run(_where)
+        seen.append(name)
+        return "done"
+
+    monkeypatch.setattr(local, "optimize_local_async", fake_async)
+    assert local.optimize_local(None, {}) == "done"
+    assert seen == [threading.current_thread().name]
+    assert compute.inline.get() is False  # reset after the call
