@@ -38,54 +38,45 @@ log = logging.getLogger("robopt.agents")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-_pool: ThreadPoolExecutor | None = None
-_configured = False
+_pool: ThreadPoolExecutor | None = None  # set by the server: `configure` at start, `reset` at stop
 # Set by `optimize_local`'s blocking wrapper: the event loop is its own, so compute runs inline on
 # the caller's thread, the thread that also loads the model and measures it afterwards.
 inline: contextvars.ContextVar[bool] = contextvars.ContextVar("robopt_compute_inline", default=False)
-_nice = 0
-_workers = 1
-_lock = threading.Lock()
 
 
 def configure(*, nice: int, workers: int) -> None:
     """Run compute on a pool of `workers` threads at nice value `nice` (the server, at start-up)."""
-    global _nice, _workers, _pool, _configured
-    with _lock:
-        _nice, _workers, _configured = nice, max(1, workers), True
-        old, _pool = _pool, None
+    global _pool
+    old, _pool = (
+        _pool,
+        ThreadPoolExecutor(
+            max_workers=max(1, workers),
+            thread_name_prefix="robopt-compute",
+            initializer=_lower_priority,
+            initargs=(nice,),
+        ),
+    )
     if old is not None:
         old.shutdown(wait=False)
 
 
 def reset() -> None:
     """Back to `asyncio.to_thread` (the server, at shut-down); the pool's threads finish their work."""
-    global _pool, _configured
-    with _lock:
-        old, _pool, _configured = _pool, None, False
+    global _pool
+    old, _pool = _pool, None
     if old is not None:
         old.shutdown(wait=False)
 
 
-def _lower_priority() -> None:
-    if _nice <= 0 or not sys.platform.startswith("linux"):
+def _lower_priority(nice: int) -> None:
+    if nice <= 0 or not sys.platform.startswith("linux"):
         return  # elsewhere PRIO_PROCESS with a thread id would renice the whole process
     try:
         tid = threading.get_native_id()
         # Never above the priority the server already runs at (raising it needs privileges).
-        os.setpriority(os.PRIO_PROCESS, tid, max(_nice, os.getpriority(os.PRIO_PROCESS, tid)))
+        os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
     except OSError as exc:  # a container may forbid it; compute still runs, at normal priority
         log.warning("could not lower the compute threads' priority: %s", exc)
-
-
-def _executor() -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(
-                max_workers=_workers, thread_name_prefix="robopt-compute", initializer=_lower_priority
-            )
-        return _pool
 
 
 async def run_isolated(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
@@ -122,8 +113,8 @@ async def run(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
     """`asyncio.to_thread` on the compute pool (context variables carried along the same way)."""
     if inline.get():
         return fn(*args, **kwargs)
-    if not _configured:
+    pool = _pool
+    if pool is None:
         return await asyncio.to_thread(fn, *args, **kwargs)
-    ctx = contextvars.copy_context()
-    call = functools.partial(ctx.run, fn, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(_executor(), call)
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)

@@ -133,7 +133,7 @@ def render(state: GantryState, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def to_model_input(views: np.ndarray) -> np.ndarray:
     """uint8 camera images -> the float32 [-1, 1] range the VLA's input signature states."""
-    return (views.astype(np.float32) / 127.5 - 1.0).astype(np.float32)
+    return views.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
 # decide(top, side, instruction, expert_actions) -> actions (N, 7) in [-1, 1]; images uint8.
@@ -145,6 +145,7 @@ class EpisodeLog:
     success: list[bool]
     returns: list[float]
     steps: list[int]
+    final: list[GantryState]  # where each episode ended (closed, or out of steps)
     # Every observation the deciding policy saw, with the expert's action for it (when recorded).
     top: list[np.ndarray] = field(default_factory=list)
     side: list[np.ndarray] = field(default_factory=list)
@@ -159,7 +160,7 @@ def run_episodes(
     n = len(states)
     states = list(states)
     alive = np.ones(n, dtype=bool)
-    log = EpisodeLog(success=[False] * n, returns=[0.0] * n, steps=[0] * n)
+    log = EpisodeLog(success=[False] * n, returns=[0.0] * n, steps=[0] * n, final=states)
     for _ in range(EPISODE_STEPS):
         idx = np.flatnonzero(alive)
         if idx.size == 0:

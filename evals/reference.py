@@ -33,7 +33,7 @@ import torch
 
 from evals import gantry
 from evals.experts import pendulum_expert, reacher_expert
-from evals.rollouts import MUJOCO_TASKS, GantryBatch, MujocoTask, run_gantry, run_mujoco
+from evals.rollouts import MUJOCO_TASKS, GantryBatch, MujocoTask, gantry_decide, run_gantry, run_mujoco
 from evals.training import classification_loss, fit, predict, regression_loss
 from tools.handle import ArchitectureRef, ModelHandle
 
@@ -168,18 +168,14 @@ def _train_pendulum(ref: ArchitectureRef, seed: int):  # noqa: ANN202
 
 
 def _vla_loss(model: torch.nn.Module, batch: list[torch.Tensor]) -> torch.Tensor:
-    """Cross-entropy over the 7 action tokens; images are stored as uint8 and scaled per batch."""
+    """Cross-entropy over the 7 action tokens; images are kept as uint8 and scaled per batch
+    (the same scaling as `gantry.to_model_input`)."""
     top, side, instr, bins = batch
-    logits = model(top.float() / 127.5 - 1.0, side.float() / 127.5 - 1.0, instr)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), bins.reshape(-1))
+    return classification_loss(model, [top.float() / 127.5 - 1.0, side.float() / 127.5 - 1.0, instr, bins])
 
 
 def _vla_decide(model: torch.nn.Module) -> gantry.Decide:
-    def decide(top: np.ndarray, side: np.ndarray, instr: np.ndarray, expert: np.ndarray) -> np.ndarray:
-        logits = predict(model, [gantry.to_model_input(top), gantry.to_model_input(side), instr])
-        return gantry.detokenize_actions(logits.argmax(-1))
-
-    return decide
+    return gantry_decide(lambda b: predict(model, [b.top, b.side, b.instruction]).argmax(-1))
 
 
 def _train_vla(ref: ArchitectureRef, seed: int):  # noqa: ANN202

@@ -109,6 +109,17 @@ class GantryBatch:
     instruction: np.ndarray  # (N, L) int64
 
 
+def gantry_decide(policy: Callable[[GantryBatch], np.ndarray]) -> gantry.Decide:
+    """A policy over model inputs (action-bin indices out) as the gantry's `decide`."""
+
+    def decide(top: np.ndarray, side: np.ndarray, instr: np.ndarray, expert: np.ndarray) -> np.ndarray:
+        batch = GantryBatch(gantry.to_model_input(top), gantry.to_model_input(side), instr)
+        bins = np.asarray(policy(batch)).reshape(len(instr), gantry.ACTION_DIMS)
+        return gantry.detokenize_actions(bins)
+
+    return decide
+
+
 def run_gantry(
     policy: Callable[[GantryBatch], np.ndarray],
     seeds: list[int],
@@ -116,14 +127,8 @@ def run_gantry(
     instruction_len: int,
 ) -> RolloutResult:
     """`policy` maps a batch of observations to action-bin indices (N, 7); one episode per seed."""
-
-    def decide(top: np.ndarray, side: np.ndarray, instr: np.ndarray, expert: np.ndarray) -> np.ndarray:
-        batch = GantryBatch(gantry.to_model_input(top), gantry.to_model_input(side), instr)
-        bins = np.asarray(policy(batch)).reshape(len(instr), gantry.ACTION_DIMS)
-        return gantry.detokenize_actions(bins)
-
     states = [gantry.reset(np.random.default_rng(s)) for s in seeds]
-    log = gantry.run_episodes(states, decide, image_size, instruction_len)
+    log = gantry.run_episodes(states, gantry_decide(policy), image_size, instruction_len)
     return RolloutResult(
         success_rate=float(np.mean(log.success)),
         mean_return=float(np.mean(log.returns)),
