@@ -46,8 +46,8 @@ def _trials(state: GraphState) -> list[TrialRecord]:
 
 def measure(ctx: GraphContext, handle: Any, criteria: Criteria, device: str) -> Measurement:
     """Benchmark and evaluate one handle against the original (blocking)."""
-    from tools.benchmark import benchmark
-    from tools.evaluate import evaluate
+    from tools.benchmarking import benchmark
+    from tools.evaluation import evaluate
 
     bench = benchmark(
         handle,

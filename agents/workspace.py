@@ -115,7 +115,7 @@ class Workspace:
         """
         if self.artifacts_dir is None:
             return None, None
-        from tools.export import export
+        from tools.exporting import export
 
         directory = self.artifacts_dir / version_id
         directory.mkdir(parents=True, exist_ok=True)

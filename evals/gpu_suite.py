@@ -112,7 +112,7 @@ def run_gpu_suite(out: Path, *, planner: str = "rules") -> int:
     from agents.criteria import Criteria, meets, objective, size_reduction_percent, speedup
     from evals.methods import measure
     from evals.report import ResultRow, write_results
-    from tools.quantize import quantize
+    from tools.quantization import quantize
 
     out.mkdir(parents=True, exist_ok=True)
     name = torch.cuda.get_device_name(0)

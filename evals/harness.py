@@ -92,7 +92,7 @@ def final_measurements(handles: list[Any], original: Any, criteria: Criteria) ->
                 first.append(m)
                 p50s[i].append(m.latency_p50_ms)
             else:
-                from tools.benchmark import benchmark
+                from tools.benchmarking import benchmark
 
                 b = benchmark(
                     h,
@@ -268,7 +268,7 @@ def run_suite(
     results = [run_case(case, suite, setup, data_dir) for case in cases]
     rows = [r for res in results for r in res.rows]
     verdicts = [res.verdict for res in results if res.verdict is not None]
-    from tools.benchmark import _device_name
+    from tools.benchmarking import _device_name
 
     context = {
         "suite": suite,

@@ -1,6 +1,6 @@
 """What the harness compares on each case: the agent, fixed recipes, and the exhaustive grid (oracle).
 
-Every candidate is produced with the same tools the agent calls (`tools.quantize`, `tools.prune`)
+Every candidate is produced with the same tools the agent calls (`tools.quantization`, `tools.pruning`)
 and measured the way the agent's graph measures (`benchmark` at batch 1 with the criteria's warm-up
 and iteration counts, `evaluate` against the original), so the scores compare like with like.
 """
@@ -47,8 +47,8 @@ def measure(
     warmup: int | None = None,
 ) -> Measurement:
     """The agent graph's measurement (agents.graph.measure), optionally with more iterations."""
-    from tools.benchmark import benchmark
-    from tools.evaluate import evaluate
+    from tools.benchmarking import benchmark
+    from tools.evaluation import evaluate
 
     bench = benchmark(
         handle,
@@ -72,8 +72,8 @@ def measure(
 
 
 def apply_recipe(handle: ModelHandle, recipe: list[Step], device: str) -> ModelHandle:
-    from tools.prune import prune
-    from tools.quantize import quantize
+    from tools.pruning import prune
+    from tools.quantization import quantize
 
     out = handle
     for step in recipe:

@@ -3,9 +3,9 @@
 Methods: bf16 (the baseline every row is compared with), fp16, bitsandbytes int8 and nf4,
 torchao's CUDA paths (int8 dynamic activation + int8 weight, int8 weight-only, int4 weight-only,
 on the bf16 model), and 2:4 semi-structured sparsity (on the bf16 model); fp32 is shown for
-reference. Each row is one model from `tools.quantize` / `tools.prune`, timed with
-`tools.benchmark` (CUDA events, warm-up excluded) on the same inputs, and scored with
-`tools.evaluate` against the highest-precision model (fp32, or bf16 for openvla_7b).
+reference. Each row is one model from `tools.quantization` / `tools.pruning`, timed with
+`tools.benchmarking` (CUDA events, warm-up excluded) on the same inputs, and scored with
+`tools.evaluation` against the highest-precision model (fp32, or bf16 for openvla_7b).
 A method that fails prints its error in its row; the others still run.
 
 Every model is timed at each batch size (default 1 and 64, one table each): at batch 1 a Linear
@@ -120,8 +120,8 @@ def _base_handle(model_key: str, dtype: Any) -> Any:
 
 
 def _apply(method: str, fp32: Any, bf16: Any) -> Any:
-    from tools.prune import prune
-    from tools.quantize import quantize
+    from tools.pruning import prune
+    from tools.quantization import quantize
 
     if method == "fp32":
         return fp32
@@ -165,7 +165,7 @@ def run_batches(
     """
     import torch
 
-    from tools.evaluate import evaluate
+    from tools.evaluation import evaluate
     from tools.handle import EvalData
     from tools.runtime import synthesize_inputs
 
@@ -254,7 +254,7 @@ def run_batches(
 
 
 def _bench_into(row: dict[str, Any], candidate: Any, batch_size: int, warmup: int, iterations: int) -> None:
-    from tools.benchmark import benchmark
+    from tools.benchmarking import benchmark
 
     bench = benchmark(candidate, device=DEVICE, batch_size=batch_size, warmup=warmup, iterations=iterations)
     row["p50_rounds"].append(bench.p50_ms)
@@ -274,7 +274,7 @@ def _record_error(row: dict[str, Any], exc: Exception) -> None:
 
 
 def _bf16_of(fp32: Any) -> Any:
-    from tools.quantize import quantize
+    from tools.quantization import quantize
 
     return quantize(fp32, "bf16")
 

@@ -3,28 +3,28 @@
     from tools import load_model, inspect_model, quantize, prune, benchmark, evaluate, export
 
 Every tool takes a `ModelHandle` and returns a new one (or a measurement); inputs are never changed.
-Names are imported on first use, so `import tools.errors` stays cheap (no torch import).
+Modules are named for what they hold (`tools.quantization` defines `quantize`), so no submodule
+shadows a function. Names are imported on first use (PEP 562), so `import tools.errors` stays cheap:
+the API process imports no torch until a tool runs.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "load_model": "tools.loading",
     "inspect_model": "tools.profile",
     "ModelProfile": "tools.profile",
-    "quantize": "tools.quantize",
-    "prune": "tools.prune",
-    "benchmark": "tools.benchmark",
-    "BenchmarkResult": "tools.benchmark",
-    "evaluate": "tools.evaluate",
-    "EvalResult": "tools.evaluate",
-    "export": "tools.export",
-    "serialized_size": "tools.export",
+    "quantize": "tools.quantization",
+    "prune": "tools.pruning",
+    "benchmark": "tools.benchmarking",
+    "BenchmarkResult": "tools.benchmarking",
+    "evaluate": "tools.evaluation",
+    "EvalResult": "tools.evaluation",
+    "export": "tools.exporting",
+    "serialized_size": "tools.exporting",
     "validate_upload": "tools.formats",
     "validate_eval_data": "tools.formats",
     "FormatReport": "tools.formats",
@@ -57,20 +57,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
-
-
-class _ToolsPackage(types.ModuleType):
-    """Keeps `tools.quantize` & co. the functions after their same-named submodules are imported.
-
-    Importing `tools.quantize` makes Python bind the submodule as the package's `quantize`
-    attribute, which would shadow the function for every later `from tools import quantize`.
-    Submodules stay reachable through `importlib.import_module("tools.quantize")`.
-    """
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if isinstance(value, types.ModuleType) and _EXPORTS.get(name) == f"{__name__}.{name}":
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _ToolsPackage

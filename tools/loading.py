@@ -17,7 +17,7 @@ from tools.formats import extract_state_dict, onnx_input_specs, validate_eval_da
 from tools.handle import ArchitectureRef, EvalData, InputSpec, ModelHandle
 from tools.runtime import check_inputs
 
-# Extra file in TorchScript and .pt2 archives written by tools.export, holding the input signature.
+# Extra file in TorchScript and .pt2 archives written by tools.exporting, holding the input signature.
 TORCHSCRIPT_META = "robopt.json"
 
 _CONVERSIONS = {
@@ -162,7 +162,7 @@ def _onnx_saved_meta(model: Any) -> list[InputSpec]:
 
 
 def _saved_specs(text: str | bytes) -> list[InputSpec]:
-    """The input signature tools.export stores beside the model (empty when absent)."""
+    """The input signature tools.exporting stores beside the model (empty when absent)."""
     if not text:
         return []
     try:

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 
+from tools.arguments import check_arguments
 from tools.errors import InvalidArgumentError
-from tools.export import serialized_size
+from tools.exporting import serialized_size
 from tools.handle import InputSpec, ModelHandle
-from tools.registry import check_arguments
 
 QUANTIZABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 PRUNABLE_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d")
@@ -51,7 +51,7 @@ class ModelProfile(BaseModel):
     quantizable_layers: list[str]
     prunable_layers: list[str]
     zero_fraction: float = Field(description="Fraction of weight values that are exactly zero.")
-    size_bytes: int = Field(description="Bytes of the model in its natural format (see tools.export).")
+    size_bytes: int = Field(description="Bytes of the model in its natural format (see tools.exporting).")
     layers: list[LayerInfo] = Field(default_factory=list)
     recipe: list[dict[str, Any]] = Field(default_factory=list)
     notes: list[str] = Field(default_factory=list)

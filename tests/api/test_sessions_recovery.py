@@ -50,7 +50,7 @@ async def _download_and_run(
     client: httpx.AsyncClient, headers: AuthHeaders, selected: dict[str, Any], tmp_path: Path
 ) -> str:
     """Download the selected version, load it with the server's loader and run it: its format."""
-    from tools.evaluate import evaluate
+    from tools.evaluation import evaluate
     from tools.loading import load_model
 
     assert selected["model_id"] and selected["download_url"], selected

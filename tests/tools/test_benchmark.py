@@ -12,7 +12,7 @@ import torch
 
 from tests.tools.conftest import assert_same_weights, mlp_handle, weights_snapshot
 from tools.architectures import build_model, input_specs
-from tools.benchmark import BenchmarkResult, benchmark
+from tools.benchmarking import BenchmarkResult, benchmark
 from tools.errors import DataMismatchError, InvalidArgumentError, UnsupportedDeviceError
 from tools.handle import ArchitectureRef, EvalData, ModelHandle
 
@@ -85,10 +85,10 @@ def test_bad_arguments_raise_typed_errors() -> None:
 
 
 def test_size_falls_back_to_in_memory_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tools.quantize import quantize
+    from tools.quantization import quantize
 
-    # The submodule, not `tools.export` (which names the export function once it is imported).
-    export_module = importlib.import_module("tools.export")
+    # The submodule, not `tools.exporting` (which names the export function once it is imported).
+    export_module = importlib.import_module("tools.exporting")
 
     handle = mlp_handle()
     quantized = quantize(handle, "weight_only_int8")  # torchao tensor subclasses

@@ -11,9 +11,9 @@ import pytest
 from tests.tools.conftest import assert_same_weights, mlp_handle, weights_snapshot
 from tools.architectures import build_model, input_specs
 from tools.errors import DataMismatchError, InvalidArgumentError
-from tools.evaluate import EvalResult, evaluate
+from tools.evaluation import EvalResult, evaluate
 from tools.handle import ArchitectureRef, EvalData, ModelHandle
-from tools.prune import prune
+from tools.pruning import prune
 from tools.runtime import forward, synthesize_inputs
 
 

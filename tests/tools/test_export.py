@@ -10,9 +10,9 @@ import pytest
 
 from tests.tools.conftest import POLICY_REF, assert_same_weights, mlp_handle, weights_snapshot
 from tools.errors import UnsupportedFormatError
-from tools.export import export, serialized_size, to_onnx_model
+from tools.exporting import export, serialized_size, to_onnx_model
 from tools.loading import load_model
-from tools.quantize import quantize
+from tools.quantization import quantize
 from tools.runtime import forward, synthesize_inputs
 
 

@@ -117,8 +117,8 @@ def test_unsafe_file_never_loads(tmp_path: Path) -> None:
 
 def test_public_api_names() -> None:
     import tools
-    import tools.benchmark  # noqa: F401 - a submodule import must not shadow the function
-    import tools.quantize  # noqa: F401
+    import tools.benchmarking  # noqa: F401 - a submodule import must not shadow the function
+    import tools.quantization  # noqa: F401
     from tools import benchmark, evaluate, export, inspect_model, load_model, prune, quantize  # noqa: F401
 
     assert tools.load_model is load_model and callable(tools.ModelHandle)

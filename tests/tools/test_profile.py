@@ -11,10 +11,10 @@ from tests.tools.conftest import (
     mlp_handle,
     weights_snapshot,
 )
-from tools.export import serialized_size, to_onnx_model
+from tools.exporting import serialized_size, to_onnx_model
 from tools.handle import ModelHandle
 from tools.profile import inspect_model
-from tools.quantize import quantize
+from tools.quantization import quantize
 
 MLP_PARAMS = (
     MLP_IN * MLP_HIDDEN + MLP_HIDDEN + MLP_HIDDEN * MLP_HIDDEN + MLP_HIDDEN + MLP_HIDDEN * MLP_OUT + MLP_OUT

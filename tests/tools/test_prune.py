@@ -20,7 +20,7 @@ from tools.errors import (
     UnsupportedFormatError,
 )
 from tools.handle import ArchitectureRef, ModelHandle
-from tools.prune import prune, sparsity_of
+from tools.pruning import prune, sparsity_of
 from tools.runtime import forward, synthesize_inputs
 
 
@@ -100,7 +100,7 @@ def test_structured_half_removes_40_percent_runs_and_exports(tmp_path: Path) -> 
     x = synthesize_inputs(handle.inputs, 3)
     expected = forward(pruned, x)
     assert expected.shape == (3, 16)
-    from tools.export import export
+    from tools.exporting import export
     from tools.loading import load_model
 
     # Our own export and load_model, with a batch size other than the one traced (the axis stays dynamic).
@@ -143,7 +143,7 @@ def test_structured_vla_prunes_heads_and_mlp_widths(tmp_path: Path) -> None:
     x = synthesize_inputs(handle.inputs, 2)
     out = forward(pruned, x)
     assert out.shape == (2, 7, 256)
-    from tools.export import export
+    from tools.exporting import export
     from tools.loading import load_model
 
     # TorchScript and weights-only round trips (the recorded widths rebuild the pruned shapes).
@@ -172,7 +172,7 @@ def test_bad_arguments_raise_typed_errors(model_files: dict[str, Path]) -> None:
 
 
 def test_structured_registry_model_exports_and_loads_back(tmp_path: Path) -> None:
-    from tools.export import export
+    from tools.exporting import export
     from tools.loading import load_model
 
     handle = _registry_handle_with("cnn_classifier", batch_norm=True)
@@ -203,7 +203,7 @@ def _registry_handle_with(name: str, **config: object) -> ModelHandle:
 def test_quantized_and_exported_programs(tmp_path: Path) -> None:
     from tests.tools.conftest import build_mlp
     from tools.loading import load_model
-    from tools.quantize import quantize
+    from tools.quantization import quantize
 
     torchao_int8 = quantize(mlp_handle(), "weight_only_int8")
     for method in ("magnitude", "structured"):
@@ -222,7 +222,7 @@ def test_quantized_and_exported_programs(tmp_path: Path) -> None:
 
 
 def test_two_four_mask_keeps_the_two_largest_of_every_four() -> None:
-    from tools.prune import _two_four_mask
+    from tools.pruning import _two_four_mask
 
     w = torch.randn(64, 128)
     mask = _two_four_mask(w)
@@ -235,7 +235,7 @@ def test_two_four_mask_keeps_the_two_largest_of_every_four() -> None:
 
 
 def test_magnitude_large_model_path_masks_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
-    prune_module = importlib.import_module("tools.prune")
+    prune_module = importlib.import_module("tools.pruning")
 
     # The in-place path billion-weight models take, forced on the small MLP (sampled global threshold).
     monkeypatch.setattr(prune_module, "_LARGE_MODEL_WEIGHTS", 1000)

@@ -20,9 +20,9 @@ from tools.errors import (
     UnsupportedDeviceError,
     UnsupportedFormatError,
 )
-from tools.export import serialized_size, to_onnx_model
+from tools.exporting import serialized_size, to_onnx_model
 from tools.handle import ModelHandle
-from tools.quantize import quantize
+from tools.quantization import quantize
 from tools.runtime import forward, synthesize_inputs
 
 
@@ -154,7 +154,7 @@ def test_torch_layer_names_select_layers_through_onnx(method: str, backend: str,
 def test_module_path_of_exported_nodes() -> None:
     from onnx import helper
 
-    from tools.quantize import onnx_module_path
+    from tools.quantization import onnx_module_path
 
     def node(name: str, *inputs: str) -> object:
         return helper.make_node("MatMul", list(inputs) or ["x", "w"], ["y"], name=name)
@@ -215,7 +215,7 @@ def test_onnx_refuses_torch_only_methods(mlp_onnx: ModelHandle) -> None:
 
 @pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
 def test_torchscript_and_pt2_int8_go_through_onnx(tmp_path: Path, fmt: str) -> None:
-    from tools.export import export
+    from tools.exporting import export
     from tools.loading import load_model
 
     handle = mlp_handle()
@@ -235,7 +235,7 @@ def test_bitsandbytes_layer_swap_on_bnb_cpu_backend() -> None:
     """The bnb module swap itself (the public methods insist on CUDA), run on bitsandbytes' CPU backend."""
     import copy
 
-    from tools.quantize import _bnb_replace
+    from tools.quantization import _bnb_replace
 
     handle = mlp_handle()
     x = synthesize_inputs(handle.inputs, batch_size=8, seed=1)

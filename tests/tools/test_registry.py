@@ -9,12 +9,11 @@ import torch
 from pydantic import ValidationError
 
 from tests.tools.conftest import assert_same_weights, mlp_handle, weights_snapshot
-from tools.export import serialized_size
+from tools.arguments import PruneArgs, QuantizeArgs
+from tools.exporting import serialized_size
 from tools.registry import (
     TOOLS,
     MalformedArgumentsError,
-    PruneArgs,
-    QuantizeArgs,
     UnknownToolError,
     run_tool,
     tool_definitions,
@@ -140,9 +139,9 @@ def test_measuring_tool_calls_are_validated(name: str, arguments: dict) -> None:
 
 
 def test_direct_calls_obey_the_same_schema() -> None:
-    from tools.benchmark import benchmark
+    from tools.benchmarking import benchmark
     from tools.errors import InvalidArgumentError
-    from tools.evaluate import evaluate
+    from tools.evaluation import evaluate
 
     handle = mlp_handle()
     with pytest.raises(InvalidArgumentError, match="device"):
@@ -174,3 +173,25 @@ def test_run_any_tool_measures_and_writes(tmp_path) -> None:  # type: ignore[no-
         run_any_tool("evaluate", pruned, {})
     path = run_any_tool("export", handle, {"fmt": "onnx", "path": str(tmp_path / "m.onnx")})
     assert load_model(path).runtime == "onnx"
+
+
+def test_no_tool_imports_the_registry() -> None:
+    """The registry imports the tools; a tool that imported it back would close a circle."""
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[2] / "tools"
+    offenders = []
+    for path in package.glob("*.py"):
+        if path.name == "registry.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            offenders += [f"{path.name}: {n}" for n in names if n == "tools.registry"]
+    assert offenders == []

@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tools.arguments import check_arguments
 from tools.errors import UnsupportedFormatError
 from tools.handle import ModelHandle
-from tools.registry import check_arguments
 from tools.runtime import check_inputs, synthesize_inputs, to_tensors
 
 ExportFormat = Literal["onnx", "torchscript", "pt2", "safetensors"]

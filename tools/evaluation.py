@@ -31,9 +31,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from tools.arguments import check_arguments
 from tools.errors import DataMismatchError, InvalidArgumentError
 from tools.handle import EvalData, ModelHandle
-from tools.registry import check_arguments
 from tools.runtime import check_inputs, forward, slice_batch, synthesize_inputs
 
 DEFAULT_TOLERANCE = 0.25

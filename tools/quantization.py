@@ -29,10 +29,11 @@ import logging
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, get_args
 
 import numpy as np
 
+from tools.arguments import QuantMethod
 from tools.errors import (
     DependencyMissingError,
     InvalidArgumentError,
@@ -43,26 +44,7 @@ from tools.errors import (
 from tools.handle import ModelHandle, copy_model
 from tools.runtime import check_inputs, slice_batch, synthesize_inputs
 
-QuantMethod = Literal[
-    "dynamic_int8",
-    "weight_only_int8",
-    "weight_only_int4",
-    "bnb_int8",
-    "bnb_nf4",
-    "fp16",
-    "bf16",
-    "static_int8",
-]
-METHODS: tuple[str, ...] = (
-    "dynamic_int8",
-    "weight_only_int8",
-    "weight_only_int4",
-    "bnb_int8",
-    "bnb_nf4",
-    "fp16",
-    "bf16",
-    "static_int8",
-)
+METHODS: tuple[str, ...] = get_args(QuantMethod)
 GPU_ONLY = ("weight_only_int4", "bnb_int8", "bnb_nf4")
 BACKENDS = ("auto", "torch", "onnxruntime")
 ONNX_METHODS = ("dynamic_int8", "static_int8", "fp16")
@@ -443,7 +425,7 @@ def _cast_output_hook(dtype: Any) -> Any:
 
 
 def _as_onnx_handle(handle: ModelHandle) -> ModelHandle:
-    from tools.export import to_onnx_model
+    from tools.exporting import to_onnx_model
 
     model = to_onnx_model(handle)
     return handle.clone(model=model, runtime="onnx", format="onnx", device="cpu")

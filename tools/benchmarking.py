@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from tools.arguments import check_arguments
 from tools.errors import InvalidArgumentError, UnsupportedDeviceError
 from tools.handle import ModelHandle, copy_model
-from tools.registry import check_arguments
 from tools.runtime import check_inputs, onnx_session, synthesize_inputs, to_tensors, torch_forward
 
 _VERSIONED = ("torch", "onnxruntime", "onnx", "torchao", "bitsandbytes", "torch-pruning", "numpy")
@@ -57,7 +57,7 @@ class BenchmarkResult(BaseModel):
     size_bytes: int = Field(description="Bytes of the model saved in its natural format.")
     size_method: Literal["serialized", "in_memory"] = Field(
         "serialized",
-        description="serialized: tools.export.serialized_size; in_memory: bytes of the parameters and "
+        description="serialized: tools.exporting.serialized_size; in_memory: bytes of the parameters and "
         "buffers, for weights no serializer handles (sparse semi-structured tensors).",
     )
     timer: Literal["cuda_events", "perf_counter"]
@@ -160,7 +160,7 @@ def benchmark(
 
 
 def _size(handle: ModelHandle) -> tuple[int, Literal["serialized", "in_memory"]]:
-    from tools.export import serialized_size
+    from tools.exporting import serialized_size
 
     try:
         return int(serialized_size(handle)), "serialized"

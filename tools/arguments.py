@@ -1,0 +1,176 @@
+"""Argument models of the tools: one pydantic model per tool.
+
+The tools validate their arguments against these (`check_arguments`), the registry turns them into the
+LLM's tool definitions and validates planner calls with them, so a direct Python call obeys the same
+ranges and enums as an LLM's. This module imports no tool, so every tool can import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tools.errors import InvalidArgumentError
+
+QuantMethod = Literal[
+    "dynamic_int8",
+    "weight_only_int8",
+    "weight_only_int4",
+    "bnb_int8",
+    "bnb_nf4",
+    "fp16",
+    "bf16",
+    "static_int8",
+]
+LayerType = Literal["Linear", "Conv1d", "Conv2d", "Conv3d", "MatMul", "Gemm", "Conv"]
+_PATTERNS = (
+    "fnmatch patterns on layer names: torch module qualified names (e.g. 'decoder.layers.*.mlp.*') or ONNX "
+    "node / weight initializer names (e.g. '/head/*')."
+)
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QuantizeArgs(_Args):
+    """Lower the precision of the model's weights (and activations for the int8 methods)."""
+
+    method: QuantMethod = Field(
+        description=(
+            "dynamic_int8: int8 weights, activations quantized at run time (CPU, torch/ONNX, ~4x smaller). "
+            "weight_only_int8: int8 weights, float compute (torch). "
+            "weight_only_int4: int4 weights in groups of 128 (torch, CUDA GPU only; Linear ~8x smaller). "
+            "bnb_int8 / bnb_nf4: bitsandbytes LLM.int8 / NF4 Linear layers (CUDA GPU only). "
+            "fp16 / bf16: half-precision weights and compute (2x smaller; bf16 for torch only). "
+            "static_int8: int8 weights and activations calibrated on the evaluation data (ONNX Runtime QDQ; "
+            "torch models are exported to ONNX)."
+        )
+    )
+    include: list[str] | None = Field(
+        default=None, description=f"Only quantize layers matching one of these {_PATTERNS} Omit for all."
+    )
+    exclude: list[str] | None = Field(
+        default=None,
+        description=f"Keep layers matching one of these in full precision; {_PATTERNS} "
+        "Use it to fall back sensitive layers (the output head, the first layer).",
+    )
+    layer_types: list[LayerType] | None = Field(
+        default=None,
+        description="Only quantize layers of these types (torch module classes or ONNX op types). "
+        "Default: Linear layers (static_int8: Linear and convolutions).",
+    )
+    calibration_samples: int = Field(
+        default=64, ge=1, le=4096, description="Samples used to calibrate activation ranges (static_int8)."
+    )
+    seed: int = Field(default=0, ge=0, description="Random seed.")
+    backend: Literal["torch", "onnxruntime"] | None = Field(
+        default=None,
+        description="Omit to keep the model's runtime. 'onnxruntime' exports a torch model to ONNX and "
+        "quantizes it there (dynamic_int8, static_int8, fp16): usually the fastest on CPU, but the result "
+        "is an ONNX model that structured pruning can no longer change.",
+    )
+
+
+class PruneArgs(_Args):
+    """Remove weights: zeros (magnitude), whole channels/neurons/heads (structured) or 2:4 patterns."""
+
+    method: Literal["magnitude", "structured", "semi_structured_2_4"] = Field(
+        description=(
+            "magnitude: zero the smallest weights (unstructured; smaller only once compressed, no speedup "
+            "by itself). structured: remove whole channels, neurons or attention heads and resize the layers "
+            "(fewer parameters, really faster; hurts accuracy more). semi_structured_2_4: 2 of every 4 "
+            "weights zero with sparse kernels (CUDA GPU only)."
+        )
+    )
+    amount: float = Field(
+        gt=0.0, lt=1.0, description="Fraction of the selected weights (or channels) to remove, e.g. 0.3."
+    )
+    scope: Literal["global", "per_layer"] = Field(
+        default="global",
+        description="global: one threshold across all selected layers; per_layer: the same fraction in each.",
+    )
+    include: list[str] | None = Field(
+        default=None, description=f"Only prune layers matching one of these {_PATTERNS} Omit for all."
+    )
+    exclude: list[str] | None = Field(
+        default=None, description=f"Never prune layers matching one of these; {_PATTERNS}"
+    )
+    seed: int = Field(default=0, ge=0, description="Random seed.")
+
+
+class InspectModelArgs(_Args):
+    """Profile the model: parameters and bytes per layer type and block, dtypes, input signature, FLOPs,
+    quantizable and prunable layers, size on disk. Takes no arguments."""
+
+
+class BenchmarkArgs(_Args):
+    """Time forward passes of the model (warm-up excluded): p50/p90/p99 latency, throughput, memory."""
+
+    device: str = Field(
+        default="cpu",
+        pattern=r"^(cpu|cuda(:[0-9]+)?)$",
+        description="'cpu', 'cuda' or 'cuda:N'. CUDA needs an NVIDIA GPU on the machine.",
+    )
+    batch_size: int = Field(default=1, ge=1, le=4096, description="Samples per forward pass.")
+    warmup: int = Field(default=10, ge=0, le=10_000, description="Untimed passes before timing.")
+    iterations: int = Field(default=100, ge=1, le=100_000, description="Timed passes.")
+    num_threads: int | None = Field(
+        default=None, ge=1, le=1024, description="torch intra-op threads for the run (CPU); omit to keep."
+    )
+
+
+class EvaluateArgs(_Args):
+    """Compare the model with its reference (the version it was optimized from): the task metric when the
+    evaluation data has targets, else fidelity (top-1 agreement, cosine, relative error); always
+    accuracy_retained."""
+
+    output_kind: Literal["logits", "regression", "action_tokens"] | None = Field(
+        default=None, description="What the outputs are; omit to infer it from the model and the data."
+    )
+    tolerance: float = Field(
+        default=0.25,
+        gt=0.0,
+        le=10.0,
+        description="Regression: an output counts as right when its RMS error is within this many standard "
+        "deviations of the targets (or the reference's outputs).",
+    )
+    num_samples: int = Field(
+        default=256, ge=1, le=100_000, description="Samples synthesized when there is no evaluation data."
+    )
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Samples per forward pass.")
+    seed: int = Field(default=0, ge=0, description="Random seed of synthesized inputs.")
+
+
+class ExportArgs(_Args):
+    """Write the model to a file that loads back with load_model and gives the same outputs."""
+
+    fmt: Literal["onnx", "torchscript", "pt2", "safetensors"] = Field(
+        description="onnx: runs in ONNX Runtime (torch int8 models from torch.ao/torchao cannot be exported "
+        "to it; bf16 neither). torchscript / pt2: torch models, quantized ones included. safetensors: plain "
+        "weights of a registered architecture."
+    )
+    path: str = Field(min_length=1, max_length=4096, description="Where to write the file.")
+
+
+ARGUMENTS: dict[str, type[BaseModel]] = {
+    "quantize": QuantizeArgs,
+    "prune": PruneArgs,
+    "inspect_model": InspectModelArgs,
+    "benchmark": BenchmarkArgs,
+    "evaluate": EvaluateArgs,
+    "export": ExportArgs,
+}
+
+
+def check_arguments(tool: str, **arguments: Any) -> BaseModel:
+    """The tool's validated arguments; InvalidArgumentError (with every field's problem) otherwise."""
+    try:
+        return ARGUMENTS[tool].model_validate(arguments)
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'arguments'}: {e.get('msg', 'invalid')}"
+            for e in err.errors()
+        )
+        raise InvalidArgumentError(f"invalid arguments for {tool}: {problems}") from err
