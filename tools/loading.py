@@ -1,9 +1,12 @@
 """`load_model`: a checked model file -> `ModelHandle`, with its input signature.
 
 Every file first passes `tools.formats.validate_upload`, so nothing is unpickled that needs code.
-The input signature comes from the file where it says so (ONNX graph inputs, a torch.export
-program's placeholders, the `robopt.json` entry our own TorchScript export writes), else from the
-registered architecture, else from the evaluation data, else from an explicit `inputs` argument.
+The input signature (see tools.signatures) is, in order of precedence: an explicit `inputs` argument
+(checked against the graph), what the file states (ONNX graph inputs, a torch.export program's
+placeholders, the `robopt.json` entry our own exports write, a TorchScript graph read by its first
+consumers), the registered architecture's, or the evaluation data's names and shapes (checked against
+the graph's argument names). `metadata["signature_source"]` says which; `signature_missing` names
+what is still unknown when there is none.
 """
 
 from __future__ import annotations
@@ -16,6 +19,15 @@ from tools.errors import InvalidArgumentError, InvalidModelError, UnsupportedFor
 from tools.formats import extract_state_dict, onnx_input_specs, validate_eval_data, validate_upload
 from tools.handle import ArchitectureRef, EvalData, InputSpec, ModelHandle
 from tools.runtime import check_inputs
+from tools.signatures import (
+    Signature,
+    merge_signature,
+    onnx_value_ranges,
+    parse_signature,
+    program_value_ranges,
+    torchscript_argument_names,
+    torchscript_signature,
+)
 
 # Extra file in TorchScript and .pt2 archives written by tools.exporting, holding the input signature.
 TORCHSCRIPT_META = "robopt.json"
@@ -45,16 +57,23 @@ def load_model(
         )
     report = validate_upload(path, ext)
     ref = _architecture_ref(architecture)
+    sig = Signature(inputs=[])
+    dtypes_known = report.format in ("onnx", "pt2")
     if report.format == "onnx":
         import onnx
 
         model: Any = onnx.load(str(path), load_external_data=False)
-        runtime, specs = "onnx", _merge_saved(onnx_input_specs(model), _onnx_saved_meta(model), names=False)
+        runtime = "onnx"
+        graph_specs = onnx_value_ranges(model, onnx_input_specs(model))
+        sig = Signature(
+            inputs=_merge_saved(graph_specs, _onnx_saved_meta(model), names=False),
+            argument_names=[s.name for s in graph_specs],
+        )
     elif report.format == "torchscript":
-        model, specs = _load_torchscript(path, device)
+        model, sig = _load_torchscript(path, device)
         runtime = "torch"
     elif report.format == "pt2":
-        model, specs = _load_pt2(path, device)
+        model, sig = _load_pt2(path, device)
         runtime = "torch"
     elif report.format in ("state_dict", "safetensors"):
         if ref is None:
@@ -63,23 +82,46 @@ def load_model(
                 details="e.g. architecture={'name': 'mlp_policy', 'config': {...}}; see tools.architectures",
             )
         model = _load_state_dict(path, report.format, ref, device)
-        runtime, specs = "torch", []
+        runtime = "torch"
     else:  # validate_upload only returns loadable formats for the extensions handled above
         raise UnsupportedFormatError(f"'{path.name}' ({report.format}) cannot be loaded")
 
+    source = sig.source if sig.complete else None
     if ref is not None:
         from tools.architectures import canonical_ref, input_specs
 
         ref = canonical_ref(ref)
-        specs = specs or input_specs(ref)
+        if not sig.inputs:
+            sig = Signature(inputs=input_specs(ref))
+            source = "architecture"
     data = _eval_data(eval_data)
+    known = sig.inputs
     if inputs is not None:
-        specs = [InputSpec.model_validate(s) for s in inputs]
-    if not specs and data is not None:
-        specs = specs_from_data(data)
+        given = parse_signature([s.model_dump() if isinstance(s, InputSpec) else s for s in inputs])
+        specs = merge_signature(given, known, sig.argument_names, dtypes_known=dtypes_known)
+        source, missing = "given", []
+    elif data is not None and (not sig.complete or sig.source == "graph"):
+        # The evaluation data's names and shapes are the signature the user means (checked against
+        # what the graph tells).
+        specs = merge_signature(specs_from_data(data), known, sig.argument_names, dtypes_known=dtypes_known)
+        source, missing = "eval_data", []
+    elif sig.complete:
+        specs, missing = sig.inputs, []
+    else:
+        specs, missing = [], sig.missing or (["the model's inputs"] if runtime == "torch" and not ref else [])
     if data is not None and specs:
         check_inputs(specs, data.inputs)
 
+    metadata: dict[str, Any] = {
+        "size_bytes": report.size_bytes,
+        "file_format": report.format,
+        "extension": ext,
+        "signature_source": source,
+        "signature_missing": missing,
+        "signature_notes": sig.notes,
+    }
+    if sig.argument_names:
+        metadata["input_names"] = sig.argument_names
     return ModelHandle(
         runtime=runtime,  # type: ignore[arg-type]
         format=report.format,  # type: ignore[arg-type]
@@ -89,20 +131,33 @@ def load_model(
         source_path=path,
         eval_data=data,
         device=device,
-        metadata={"size_bytes": report.size_bytes, "file_format": report.format, "extension": ext},
+        metadata=metadata,
     )
 
 
 def require_inputs(handle: ModelHandle) -> list[InputSpec]:
     """The handle's input signature, or a clear error for a tool that needs one and has none."""
     if not handle.inputs:
-        names = handle.metadata.get("input_names")
         raise InvalidArgumentError(
-            "the model's input signature is unknown (a TorchScript file without shape information); "
-            "pass `inputs` (names, shapes, dtypes) or evaluation data when loading it",
-            details=f"forward() takes {names}" if names else None,
+            missing_signature_message(handle.metadata), details=signature_hint(handle.metadata)
         )
     return handle.inputs
+
+
+def missing_signature_message(metadata: dict[str, Any]) -> str:
+    missing = "; ".join(metadata.get("signature_missing") or []) or "the model's inputs"
+    return (
+        f"the model's input signature is incomplete ({missing}); give an input_signature (names, shapes with "
+        "null for dynamic axes, dtypes) or attach evaluation data"
+    )
+
+
+def signature_hint(metadata: dict[str, Any]) -> str | None:
+    names = metadata.get("input_names")
+    if not names:
+        return None
+    example = ", ".join(f'{{"name": "{n}", "shape": [null, ...], "dtype": "float32"}}' for n in names)
+    return f"the model's forward takes {names}; e.g. input_signature=[{example}]"
 
 
 def specs_from_data(data: EvalData) -> list[InputSpec]:
@@ -135,13 +190,16 @@ def _torch_dtype_name(dtype: Any) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _load_torchscript(path: Path, device: str) -> tuple[Any, list[InputSpec]]:
+def _load_torchscript(path: Path, device: str) -> tuple[Any, Signature]:
     import torch
 
     extra = {TORCHSCRIPT_META: ""}
     module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     module.eval()
-    return module, _saved_specs(extra[TORCHSCRIPT_META])
+    saved = _saved_specs(extra[TORCHSCRIPT_META])
+    if saved:  # our own export states the signature
+        return module, Signature(inputs=saved, argument_names=torchscript_argument_names(module))
+    return module, torchscript_signature(module)
 
 
 def _merge_saved(specs: list[InputSpec], saved: list[InputSpec], *, names: bool = True) -> list[InputSpec]:
@@ -172,7 +230,7 @@ def _saved_specs(text: str | bytes) -> list[InputSpec]:
         raise InvalidModelError(f"the model file's {TORCHSCRIPT_META} is malformed: {exc}") from exc
 
 
-def _load_pt2(path: Path, device: str) -> tuple[Any, list[InputSpec]]:
+def _load_pt2(path: Path, device: str) -> tuple[Any, Signature]:
     import torch
 
     extra = {TORCHSCRIPT_META: ""}
@@ -190,11 +248,12 @@ def _load_pt2(path: Path, device: str) -> tuple[Any, list[InputSpec]]:
             raise InvalidModelError(f"the exported program's input '{node.name}' is not a tensor")
         shape = [int(d) if isinstance(d, int) else None for d in val.shape]
         specs.append(InputSpec(name=node.name, shape=shape, dtype=_torch_dtype_name(val.dtype)))
-    specs = _merge_saved(specs, _saved_specs(extra[TORCHSCRIPT_META]))
+    specs = _merge_saved(program_value_ranges(program, specs), _saved_specs(extra[TORCHSCRIPT_META]))
+    names = [s.name for s in specs]
     module = program.module()
     if device != "cpu":
         module = module.to(device)
-    return module, specs
+    return module, Signature(inputs=specs, argument_names=names)
 
 
 def _load_state_dict(path: Path, fmt: str, ref: ArchitectureRef, device: str) -> Any:

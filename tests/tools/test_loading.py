@@ -41,15 +41,84 @@ def test_self_describing_formats(model_files: dict[str, Path], key: str, runtime
     assert handle.metadata["size_bytes"] == model_files[key].stat().st_size
 
 
-def test_torchscript_needs_a_signature(model_files: dict[str, Path]) -> None:
+def test_torchscript_signature_from_its_graph(model_files: dict[str, Path]) -> None:
+    """A traced TorchScript file states no shapes: the first Linear's weight tells the feature size."""
     handle = load_model(model_files["mlp_torchscript"])
-    assert handle.format == "torchscript" and handle.inputs == []
-    with pytest.raises(InvalidArgumentError, match="input signature is unknown"):
-        require_inputs(handle)
+    assert handle.format == "torchscript" and handle.metadata["signature_source"] == "graph"
+    assert [(s.name, s.shape, s.dtype) for s in require_inputs(handle)] == [("x", [None, MLP_IN], "float32")]
+    x = synthesize_inputs(handle.inputs, batch_size=3)
+    np.testing.assert_allclose(forward(handle, x), _reference(x["x"]), rtol=1e-5, atol=1e-6)
+    # A given signature completes or overrides it (a single input keeps the user's name) ...
     specs = [InputSpec(name="obs", shape=[None, MLP_IN])]
     handle = load_model(model_files["mlp_torchscript"], inputs=specs)
+    assert handle.metadata["signature_source"] == "given" and handle.inputs[0].name == "obs"
     x = synthesize_inputs(require_inputs(handle), batch_size=3)
     np.testing.assert_allclose(forward(handle, x), _reference(x["obs"]), rtol=1e-5, atol=1e-6)
+    # ... but may not contradict the graph.
+    with pytest.raises(
+        DataMismatchError, match="axis 1: input_signature gives 32, the model's graph fixes 64"
+    ):
+        load_model(model_files["mlp_torchscript"], inputs=[InputSpec(name="x", shape=[None, 32])])
+    with pytest.raises(DataMismatchError, match="rank 3"):
+        load_model(model_files["mlp_torchscript"], inputs=[InputSpec(name="x", shape=[None, 4, MLP_IN])])
+    with pytest.raises(InvalidArgumentError, match="dtype 'float8' is not one of"):
+        load_model(
+            model_files["mlp_torchscript"], inputs=[{"name": "x", "shape": [None, 64], "dtype": "float8"}]
+        )
+
+
+def test_signature_not_in_the_graph_is_named_missing(tmp_path: Path) -> None:
+    """An input nothing in the graph sizes (it goes straight into a reshape) is named, not guessed."""
+
+    class Reshaper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(12, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.reshape(x.shape[0], -1))
+
+    path = tmp_path / "reshaper.pt"
+    torch.jit.save(torch.jit.trace(Reshaper().eval(), torch.randn(2, 3, 4)), path)
+    handle = load_model(path)
+    assert handle.inputs == [] and handle.metadata["input_names"] == ["x"]
+    assert "'x'" in handle.metadata["signature_missing"][0]
+    with pytest.raises(InvalidArgumentError, match="input signature is incomplete"):
+        require_inputs(handle)
+    handle = load_model(path, inputs=[InputSpec(name="x", shape=[None, 3, 4])])
+    assert forward(handle, synthesize_inputs(handle.inputs, batch_size=2)).shape == (2, 2)
+
+
+def test_signature_value_ranges_from_the_graph(tmp_path: Path) -> None:
+    """Token ids index an embedding table: synthesized ids stay below its row count, in every format."""
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(300, 16)
+            self.fc = torch.nn.Linear(16, 4)
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            h = self.emb(input_ids) * attention_mask.unsqueeze(-1).to(torch.float32)
+            return self.fc(h.mean(1))
+
+    model = Encoder().eval()
+    ids, mask = torch.randint(0, 300, (2, 8)), torch.ones(2, 8, dtype=torch.int64)
+    torch.jit.save(torch.jit.trace(model, (ids, mask)), tmp_path / "enc.pt")
+    torch.export.save(torch.export.export(model, (ids, mask)), tmp_path / "enc.pt2")
+    torch.onnx.export(
+        model, (ids, mask), tmp_path / "enc.onnx", input_names=["input_ids", "attention_mask"], dynamo=False
+    )
+    for name in ("enc.pt", "enc.pt2", "enc.onnx"):
+        specs = {s.name: s for s in load_model(tmp_path / name).inputs}
+        assert (specs["input_ids"].dtype, specs["input_ids"].low, specs["input_ids"].high) == (
+            "int64",
+            0,
+            300,
+        )
+        assert (specs["attention_mask"].low, specs["attention_mask"].high) == (1, 2), name
+        x = synthesize_inputs(list(specs.values()), batch_size=4)
+        assert x["input_ids"].max() < 300 and (x["attention_mask"] == 1).all()
 
 
 def test_signature_from_eval_data(model_files: dict[str, Path]) -> None:
