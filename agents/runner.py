@@ -160,6 +160,7 @@ class SessionRunner:
             path=Path(model.stored_path),
             architecture=model.architecture,
             eval_data=Path(model.eval_data_path) if model.eval_data_path else None,
+            inputs=row.input_signature or model.input_spec,
             name=model.name,
             description=model.description or "",
         )

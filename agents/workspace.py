@@ -28,6 +28,7 @@ class ModelSource:
     path: Path
     architecture: dict[str, Any] | None = None
     eval_data: Path | None = None
+    inputs: list[dict[str, Any]] | None = None  # the signature stored for the model or given for the session
     name: str = ""
     description: str = ""
 
@@ -62,6 +63,7 @@ class Workspace:
                     self.source.path,
                     architecture=self.source.architecture,
                     eval_data=self.source.eval_data,
+                    inputs=self.source.inputs,
                 )
                 self._original = handle
             if self._original.device != self.device and self._original.runtime == "torch":

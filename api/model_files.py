@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tools.errors import InvalidModelError, ToolError
+from tools.errors import DataMismatchError, InvalidModelError, ToolError
 from tools.formats import (
     EVAL_DATA_EXTENSIONS,
     MODEL_EXTENSIONS,
@@ -26,10 +27,15 @@ __all__ = [
     "check_model_file",
     "check_eval_data",
     "probe_input_spec",
+    "ProbedSignature",
+    "RUNNABLE_FORMATS",
+    "WEIGHTS_ONLY_FORMATS",
 ]
 
 # Formats whose weights alone do not define a network: they need an architecture to be run.
 WEIGHTS_ONLY_FORMATS = {"state_dict", "safetensors"}
+# Formats a session can load and run.
+RUNNABLE_FORMATS = ("onnx", "torchscript", "pt2", "state_dict", "safetensors")
 
 
 def check_model_file(path: Path, extension: str) -> FormatReport:
@@ -40,32 +46,66 @@ def check_eval_data(path: Path, extension: str) -> EvalData:
     return validate_eval_data(path, extension)
 
 
+@dataclass
+class ProbedSignature:
+    """The signature a model file gives (None when it gives none) and how it was found."""
+
+    inputs: list[InputSpec] | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
 def probe_input_spec(
-    path: Path, report: FormatReport, architecture: ArchitectureRef | None
-) -> list[InputSpec] | None:
+    path: Path,
+    report: FormatReport,
+    architecture: ArchitectureRef | None,
+    given: list[InputSpec] | None = None,
+    eval_data: EvalData | None = None,
+) -> ProbedSignature:
     """The model's input signature, by loading it (no code from the file runs: formats checked first).
 
-    Raises ToolError when a runnable model cannot be loaded; a weights-only file without an
-    architecture that cannot be loaded is stored without a signature instead (None).
+    `given` (the user's input_signature) is checked against the graph; `eval_data` defines the
+    signature of a model that states none. A signature the file does not state (read off a graph,
+    given, or from the data) is tried once on the model, so one it cannot take is refused now, not
+    by a session later. Raises ToolError when a
+    runnable model cannot be loaded or run; a weights-only file without an architecture is stored
+    without a signature instead.
     """
     if not report.loadable:
-        return None
-    if report.inputs and architecture is None:
-        return list(report.inputs)
+        return ProbedSignature(None)
     from tools.loading import load_model
+    from tools.runtime import forward, synthesize_inputs
 
     try:
-        handle = load_model(path, architecture=architecture)
+        handle = load_model(path, architecture=architecture, inputs=given, eval_data=eval_data)
     except ToolError:
         if report.format in WEIGHTS_ONLY_FORMATS and architecture is None:
             log.info("weights-only upload without an architecture: stored without an input signature")
-            return None
+            return ProbedSignature(None)
         raise
     except Exception as exc:  # a file that passed the checks but that its library cannot load
         log.warning("model passed the format checks but failed to load: %s", exc, exc_info=True)
         raise InvalidModelError(f"the {report.format} model could not be loaded: {exc}") from exc
-    # A TorchScript file from elsewhere may not state its inputs: then there is no signature to store.
-    return list(handle.inputs) or None
+    meta = handle.metadata
+    info = {
+        "source": meta.get("signature_source"),
+        "missing": meta.get("signature_missing") or [],
+        "notes": meta.get("signature_notes") or [],
+        "input_names": meta.get("input_names"),
+    }
+    if not handle.inputs:
+        return ProbedSignature(None, info)
+    if info["source"] in ("file", "architecture"):
+        return ProbedSignature(list(handle.inputs), info)  # the file states it: nothing to check by running
+    try:
+        forward(handle, synthesize_inputs(handle.inputs, batch_size=2, dynamic_len=8))
+    except ToolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model refuses inputs of this signature
+        raise DataMismatchError(
+            f"the model does not run with the input signature {[s.model_dump() for s in handle.inputs]}",
+            details=str(exc)[:500],
+        ) from exc
+    return ProbedSignature(list(handle.inputs), info)
 
 
 def report_details(report: FormatReport) -> dict[str, Any]:

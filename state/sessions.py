@@ -1,4 +1,4 @@
-"""Optimization sessions, their event log and their chat (tables; migrations 0002, 0003).
+"""Optimization sessions, their event log and their chat (tables; migrations 0002 to 0004).
 
 The session row is what the API reads (status, progress, the latest results snapshot); the graph's
 own state lives in the LangGraph checkpointer. Events are append-only with a per-session `seq`
@@ -45,6 +45,8 @@ class OptimizationSession(SQLModel, table=True):
     pending_rollbacks: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False, server_default="[]")
     )
+    # The request's input_signature, when it gave one (else the model's own is used).
+    input_signature: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     attempts: int = Field(default=0)
     created_at: datetime = Field(default_factory=utcnow, index=True)
     started_at: datetime | None = Field(default=None)

@@ -23,6 +23,9 @@ from api.log import security_event
 from api.model_files import (
     EVAL_DATA_EXTENSIONS,
     MODEL_EXTENSIONS,
+    RUNNABLE_FORMATS,
+    WEIGHTS_ONLY_FORMATS,
+    FormatReport,
     ToolError,
     check_eval_data,
     check_model_file,
@@ -36,8 +39,9 @@ from state.artifacts import new_id
 from state.registry import ModelRecord
 from state.users import User
 from tools.errors import DataMismatchError, UnsafeModelError
-from tools.handle import ArchitectureRef, InputSpec
+from tools.handle import ArchitectureRef, EvalData, InputSpec
 from tools.runtime import check_inputs
+from tools.signatures import parse_signature
 
 log = logging.getLogger("robopt.models")
 router = APIRouter(prefix="/models", tags=["models"])
@@ -59,6 +63,13 @@ def _multipart_doc(extensions: tuple[str, ...], with_metadata: bool) -> dict[str
                 "type": "string",
                 "description": "JSON naming a registered architecture for a state dict, e.g. "
                 '{"name": "mlp_policy", "config": {}}',
+            },
+            "input_signature": {
+                "type": "string",
+                "description": "Optional JSON list completing or overriding the signature the file "
+                'gives (checked against its graph), e.g. [{"name": "obs", "shape": [null, 64], '
+                '"dtype": "float32"}]; null axes are dynamic; optional low/high give value ranges '
+                "(token ids below the vocabulary).",
             },
         }
     return {
@@ -118,6 +129,21 @@ def _parse_architecture(raw: str | None) -> ArchitectureRef | None:
         ) from exc
 
 
+def parse_input_signature(raw: Any) -> list[InputSpec] | None:
+    """A request's `input_signature` (a JSON text in a form, or a list in a body), or None."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
+    try:
+        value = json.loads(raw) if isinstance(raw, str) else raw
+        return parse_signature(value)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            422, "validation_error", "input_signature is not valid JSON", f"{exc.msg} at position {exc.pos}"
+        ) from exc
+    except ToolError as exc:
+        raise _tool_error(exc) from exc
+
+
 def _text_field(fields: dict[str, str], name: str, limit: int) -> str | None:
     value = fields.get(name)
     if value is None:
@@ -155,11 +181,19 @@ async def upload_model(
         name = _text_field(received.fields, "name", MAX_NAME) or Path(received.filename).stem
         description = _text_field(received.fields, "description", MAX_DESCRIPTION)
         architecture = _parse_architecture(received.fields.get("architecture"))
+        given = parse_input_signature(received.fields.get("input_signature"))
         try:
             report = await run_isolated(check_model_file, received.path, received.extension)
-            input_spec = await run_isolated(probe_input_spec, received.path, report, architecture)
+            if given is not None and not report.loadable:
+                raise ApiError(
+                    422,
+                    "validation_error",
+                    f"A {report.format} model is stored for inspection only; it takes no input_signature",
+                )
+            probed = await run_isolated(probe_input_spec, received.path, report, architecture, given)
         except ToolError as exc:
             raise _tool_error(exc) from exc
+        input_spec = probed.inputs
 
         model_id = new_id()
         model_dir = store.directory(NAMESPACE, model_id)
@@ -178,7 +212,7 @@ async def upload_model(
             stored_path=str(destination.resolve()),
             architecture=architecture.model_dump() if architecture else None,
             input_spec=[s.model_dump() for s in input_spec] if input_spec else None,
-            format_details=report_details(report),
+            format_details={**report_details(report), **({"signature": probed.info} if probed.info else {})},
         )
         db.add(record)
         await db.commit()
@@ -280,19 +314,7 @@ async def delete_model(model_id: str, user: CurrentUser, db: DbDep, store: Store
     return DeleteResponse(deleted=True, id=record.id)
 
 
-def _check_eval_against_model(record: ModelRecord, inputs: dict[str, Any], targets: Any) -> dict[str, Any]:
-    if not record.input_spec:
-        raise ApiError(
-            422,
-            "data_mismatch",
-            "This model has no known input signature, so evaluation data cannot be checked against it",
-            "upload state dicts with their architecture; .pb and .h5 models are stored for inspection only",
-        )
-    specs = [InputSpec.model_validate(s) for s in record.input_spec]
-    try:
-        check_inputs(specs, inputs)
-    except DataMismatchError as exc:
-        raise _tool_error(exc) from exc
+def _eval_info(inputs: dict[str, Any], targets: Any) -> dict[str, Any]:
     first = next(iter(inputs.values()))
     return {
         "num_samples": int(first.shape[0]),
@@ -302,6 +324,39 @@ def _check_eval_against_model(record: ModelRecord, inputs: dict[str, Any], targe
         if targets is not None
         else None,
     }
+
+
+async def _check_eval_against_model(record: ModelRecord, data: EvalData) -> list[InputSpec] | None:
+    """Check the data against the model's signature; for a model without one, the data defines it.
+
+    Returns the signature to store when the data defined it (names matched against the graph's
+    argument names, tried once on the model), None when the model already had one.
+    """
+    if record.input_spec:
+        specs = [InputSpec.model_validate(s) for s in record.input_spec]
+        try:
+            check_inputs(specs, data.inputs)
+        except DataMismatchError as exc:
+            raise _tool_error(exc) from exc
+        return None
+    if record.format not in RUNNABLE_FORMATS or (
+        record.format in WEIGHTS_ONLY_FORMATS and not record.architecture
+    ):
+        raise ApiError(
+            422,
+            "data_mismatch",
+            "This model cannot be run, so evaluation data cannot be checked against it",
+            "upload state dicts with their architecture; .pb and .h5 models are stored for inspection only",
+        )
+    report = FormatReport(format=record.format, extension=record.extension, size_bytes=record.size_bytes)
+    architecture = ArchitectureRef.model_validate(record.architecture) if record.architecture else None
+    try:
+        probed = await run_isolated(
+            probe_input_spec, Path(record.stored_path), report, architecture, None, data
+        )
+    except ToolError as exc:
+        raise _tool_error(exc) from exc
+    return probed.inputs
 
 
 @router.post(
@@ -331,8 +386,12 @@ async def attach_evaluation_data(
             raise _tool_error(exc) from exc
         except ToolError as exc:
             raise _tool_error(exc) from exc
-        info = _check_eval_against_model(record, data.inputs, data.targets)
-        info |= {"filename": received.filename, "size_bytes": received.size, "sha256": received.sha256}
+        defined = await _check_eval_against_model(record, data)
+        info = _eval_info(data.inputs, data.targets) | {
+            "filename": received.filename,
+            "size_bytes": received.size,
+            "sha256": received.sha256,
+        }
         destination = store.directory(NAMESPACE, record.id) / f"eval_data{received.extension}"
         previous = Path(record.eval_data_path) if record.eval_data_path else None
         os.replace(received.path, destination)
@@ -340,6 +399,11 @@ async def attach_evaluation_data(
             previous.unlink(missing_ok=True)
         record.eval_data_path = str(destination.resolve())
         record.eval_data_info = info
+        if defined is not None:
+            record.input_spec = [s.model_dump() for s in defined]
+            signature = dict((record.format_details or {}).get("signature") or {})
+            signature.update(source="eval_data", missing=[])
+            record.format_details = {**(record.format_details or {}), "signature": signature}
         db.add(record)
         await db.commit()
         await db.refresh(record)

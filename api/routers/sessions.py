@@ -5,6 +5,7 @@ Owner-scoped like models: another user's session answers 404 (administrators see
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -13,10 +14,12 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sse_starlette import EventSourceResponse
 
+from agents.compute import run_isolated
 from agents.runner import RollbackError
 from api.deps import CurrentUser, DbDep, SettingsDep
 from api.errors import ApiError, error_responses
-from api.routers.models import get_owned_model
+from api.model_files import FormatReport, ToolError, probe_input_spec
+from api.routers.models import get_owned_model, parse_input_signature
 from api.schemas.sessions import (
     CancelResponse,
     MessageIn,
@@ -33,8 +36,10 @@ from api.schemas.sessions import (
     SessionSummary,
 )
 from api.sse import session_events
+from state.registry import ModelRecord
 from state.sessions import TERMINAL_STATUSES, OptimizationSession, SessionMessage
 from state.users import User, utcnow
+from tools.handle import ArchitectureRef, InputSpec
 
 router = APIRouter(tags=["optimization"])
 
@@ -51,6 +56,39 @@ def _runtime(request: Request) -> tuple[Any, Any, Any]:
     if not hasattr(state, "runner"):
         raise ApiError(503, "service_unavailable", "The optimization runtime is not running")
     return state.runner, state.executor, state.events
+
+
+async def _session_signature(model: ModelRecord, raw: list[dict[str, Any]] | None) -> list[InputSpec] | None:
+    """The request's input_signature checked against the model (None: the model's own is used).
+
+    A model that has no signature and no evaluation data cannot be benchmarked or evaluated: that is
+    known now, so it is refused now (422 naming what to attach), not by a session failing at 0%.
+    """
+    given = parse_input_signature(raw)
+    if given is None:
+        if model.input_spec or model.eval_data_path:
+            return None
+        signature = (model.format_details or {}).get("signature") or {}
+        missing = "; ".join(signature.get("missing") or []) or "the model's inputs"
+        names = signature.get("input_names")
+        raise ApiError(
+            422,
+            "validation_error",
+            f"This model has no known input signature ({missing}) and no evaluation data to benchmark and "
+            "evaluate it with",
+            "give input_signature in this request (or at upload), e.g. ["
+            + ", ".join(
+                f'{{"name": "{n}", "shape": [null, ...], "dtype": "float32"}}' for n in names or ["input"]
+            )
+            + f"], or attach evaluation data with POST /models/{model.id}/evaluation-data",
+        )
+    report = FormatReport(format=model.format, extension=model.extension, size_bytes=model.size_bytes)
+    architecture = ArchitectureRef.model_validate(model.architecture) if model.architecture else None
+    try:
+        probed = await run_isolated(probe_input_spec, Path(model.stored_path), report, architecture, given)
+    except ToolError as exc:
+        raise ApiError(422, exc.code, exc.message, exc.details) from exc
+    return probed.inputs
 
 
 def _started(executor: Any, session_id: str) -> bool:
@@ -80,6 +118,7 @@ async def optimize(
         raise ApiError(
             422, "validation_error", "This weights file has no architecture", "upload it with an architecture"
         )
+    signature = await _session_signature(model, body.input_signature)
     criteria = body.criteria()
     if criteria.device == "cuda":
         import torch
@@ -102,6 +141,7 @@ async def optimize(
             default_time_budget_s=settings.default_time_budget_s,
         ).model_dump(mode="json"),
         criteria_explicit=body.explicit_fields(),
+        input_signature=[spec.model_dump() for spec in signature] if signature else None,
     )
     db.add(row)
     await db.commit()

@@ -12,6 +12,9 @@ from api.schemas.common import PageMeta, UtcDatetime
 SessionStatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
+_NOT_CRITERIA = {"model_id", "planner", "input_signature"}
+
+
 class OptimizeRequest(Criteria):
     """The spec's optimization request: a model and the criteria (presets fill what is left out)."""
 
@@ -34,12 +37,19 @@ class OptimizeRequest(Criteria):
     planner: Literal["auto", "rules", "llm"] = Field(
         "auto", description="auto: the LLM planner when LLM_MODEL is configured, the rules planner otherwise."
     )
+    input_signature: list[dict[str, Any]] | None = Field(
+        default=None,
+        max_length=64,
+        description="Completes or overrides the model's input signature for this session (checked against "
+        'its graph): [{"name": "obs", "shape": [null, 64], "dtype": "float32", "low": null, "high": null}]; '
+        "null axes are dynamic, low/high bound synthesized values (token ids below the vocabulary).",
+    )
 
     def criteria(self) -> Criteria:
-        return Criteria.model_validate(self.model_dump(exclude={"model_id", "planner"}))
+        return Criteria.model_validate(self.model_dump(exclude=_NOT_CRITERIA))
 
     def explicit_fields(self) -> list[str]:
-        return sorted(set(self.model_fields_set) - {"model_id", "planner"})
+        return sorted(set(self.model_fields_set) - _NOT_CRITERIA)
 
 
 class OptimizeResponse(BaseModel):
