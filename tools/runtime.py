@@ -1,7 +1,9 @@
 """Running a handle: one `forward` for torch and ONNX models, and inputs synthesized from a signature.
 
 Every tool that needs outputs (benchmark, evaluate, export checks) goes through here, so a model
-is always called the same way: positional inputs in the order of `handle.inputs`.
+is always called the same way: positional inputs in the order of `handle.inputs`. `forward` gives
+the first output; `forward_all` every output by name (tuples, dicts, transformers `ModelOutput`s,
+ONNX graphs with several outputs).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from tools.errors import DataMismatchError, UnsupportedFormatError
+from tools.errors import DataMismatchError, InvalidModelError, UnsupportedFormatError
 from tools.handle import InputSpec, ModelHandle
 
 _NP_DTYPES = {
@@ -76,19 +78,94 @@ def slice_batch(inputs: dict[str, np.ndarray], start: int, stop: int) -> dict[st
 
 
 def forward(handle: ModelHandle, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """One forward pass; returns the first output as float32 numpy on the host."""
+    """One forward pass; returns the first output as float32 numpy on the host (`forward_all`: every one)."""
     if handle.runtime == "onnx":
-        session = onnx_session(handle)
-        feeds = {}
-        for spec, meta in zip(handle.inputs, session.get_inputs(), strict=False):
-            arr = inputs[spec.name]
-            if meta.type == "tensor(float16)":
-                arr = arr.astype(np.float16)
-            feeds[meta.name] = arr
-        return np.asarray(session.run(None, feeds)[0]).astype(np.float32)
+        return np.asarray(_onnx_run(handle, inputs)[0]).astype(np.float32)
     with torch.inference_mode():
         out = torch_forward(handle, to_tensors(handle, inputs))
     return out.detach().float().cpu().numpy()
+
+
+def forward_all(handle: ModelHandle, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One forward pass; every output by name, in the model's order (see `output_values` for the names).
+
+    Floating outputs come as float32, integer and boolean ones keep their dtype. An output that is not
+    a tensor (None, a string, a number, an ONNX sequence or map) raises InvalidModelError naming it.
+    """
+    values = output_values(handle, inputs)
+    odd = {name: type(v).__name__ for name, v in values.items() if not isinstance(v, np.ndarray)}
+    if odd:
+        listed = ", ".join(f"'{n}' ({t})" for n, t in odd.items())
+        raise InvalidModelError(
+            f"the model returns outputs that are not tensors: {listed}; only tensors can be compared. "
+            "Make forward() return tensors only (a tensor, a tuple or a dict of tensors)",
+            details=f"outputs: {', '.join(values)}",
+        )
+    return values
+
+
+def output_values(handle: ModelHandle, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+    """One forward pass; every output by name, non-tensor ones (None, strings, numbers) left as they are.
+
+    Names: an ONNX graph's output names. For torch: "output" for a single tensor; dict keys (and a
+    transformers `ModelOutput`'s fields) for a dict; "output_0", "output_1", ... for a tuple or list
+    (a named tuple's field names); nested containers join with "." ("output_1.0", "hidden.0").
+    Tensors become numpy arrays on the host: floating ones float32 (fp16 / bf16 upcast), quantized ones
+    dequantized, integer and boolean ones unchanged.
+    """
+    if handle.runtime == "onnx":
+        names = [o.name for o in onnx_session(handle).get_outputs()]
+        results = _onnx_run(handle, inputs)
+        return {
+            name: np.asarray(v).astype(np.float32) if _float_array(v) else v
+            for name, v in zip(names, results, strict=True)
+        }
+    with torch.inference_mode():
+        out: Any = handle.model(*to_tensors(handle, inputs))
+    return {name: _to_numpy(v) for name, v in _flatten(out, "")}
+
+
+def _onnx_run(handle: ModelHandle, inputs: dict[str, np.ndarray]) -> list[Any]:
+    session = onnx_session(handle)
+    feeds = {}
+    for spec, meta in zip(handle.inputs, session.get_inputs(), strict=False):
+        arr = inputs[spec.name]
+        if meta.type == "tensor(float16)":
+            arr = arr.astype(np.float16)
+        feeds[meta.name] = arr
+    return list(session.run(None, feeds))
+
+
+def _float_array(v: Any) -> bool:
+    return isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)
+
+
+def _flatten(out: Any, prefix: str) -> list[tuple[str, Any]]:
+    if isinstance(out, torch.Tensor):
+        return [(prefix or "output", out)]
+    if isinstance(out, dict):  # transformers' ModelOutput is an OrderedDict of its non-None fields
+        items: list[tuple[str, Any]] = [(str(k), v) for k, v in out.items()]
+    elif isinstance(out, (tuple, list)):
+        fields = getattr(out, "_fields", None)  # a named tuple
+        keys = list(fields) if fields else [str(i) if prefix else f"output_{i}" for i in range(len(out))]
+        items = list(zip(keys, out, strict=True))
+    else:
+        return [(prefix or "output", out)]
+    flat: list[tuple[str, Any]] = []
+    for key, value in items:
+        flat.extend(_flatten(value, f"{prefix}.{key}" if prefix else key))
+    return flat
+
+
+def _to_numpy(v: Any) -> Any:
+    if not isinstance(v, torch.Tensor):
+        return v
+    t = v.detach()
+    if t.is_quantized:
+        t = t.dequantize()
+    if t.is_floating_point():
+        t = t.float()
+    return t.cpu().numpy()
 
 
 def torch_forward(handle: ModelHandle, tensors: list[torch.Tensor]) -> torch.Tensor:
