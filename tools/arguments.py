@@ -121,13 +121,48 @@ class BenchmarkArgs(_Args):
     )
 
 
+EvalMetric = Literal[
+    "accuracy",
+    "action_token_accuracy",
+    "within_tolerance",
+    "top1_agreement",
+    "top5_agreement",
+    "kl_divergence",
+    "centered_cosine",
+    "cosine_similarity",
+    "nn_agreement",
+    "within_tolerance_of_reference",
+    "exact_agreement",
+]
+EVAL_METRICS_HELP = (
+    "With targets: accuracy (class logits), action_token_accuracy (per-token bin logits), within_tolerance "
+    "(regression). Without: top1_agreement / top5_agreement (the reference's top class among the model's "
+    "top 1 / 5) and kl_divergence (retained = exp(-KL)) for logits; centered_cosine (cosine after removing "
+    "the reference's mean), cosine_similarity and nn_agreement (each sample's nearest neighbour in the set "
+    "stays the same) for embeddings; within_tolerance_of_reference for regression; exact_agreement for "
+    "integer outputs."
+)
+
+
 class EvaluateArgs(_Args):
     """Compare the model with its reference (the version it was optimized from): the task metric when the
-    evaluation data has targets, else fidelity (top-1 agreement, cosine, relative error); always
-    accuracy_retained."""
+    evaluation data has targets, else fidelity with the metric that fits each output (agreement of logits,
+    cosine of embeddings, error of regressions); always accuracy_retained."""
 
-    output_kind: Literal["logits", "regression", "action_tokens"] | None = Field(
+    output_kind: Literal["logits", "regression", "action_tokens", "embedding", "labels"] | None = Field(
         default=None, description="What the outputs are; omit to infer it from the model and the data."
+    )
+    metric: EvalMetric | None = Field(
+        default=None,
+        description="Force this metric, for the output named by `output` or else for every output (omit to "
+        f"pick the one that fits each output). {EVAL_METRICS_HELP}",
+    )
+    output: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Gate on this output (by name; the others are still reported); omit to gate on the "
+        "worst-scoring output.",
     )
     tolerance: float = Field(
         default=0.25,
