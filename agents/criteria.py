@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from tools.arguments import EVAL_METRICS_HELP, EvalMetric
+
 PresetName = Literal["balanced_optimization", "max_compression", "max_speed", "accuracy_first"]
 Technique = Literal["quantization", "pruning", "half_precision"]
 Device = Literal["cpu", "cuda", "auto"]
@@ -101,6 +103,18 @@ class Criteria(BaseModel):
     goal: str | None = Field(None, max_length=2000, description="The goal in plain words.")
     benchmark_iterations: int = Field(30, ge=1, le=10000, description="Timed iterations per benchmark.")
     benchmark_warmup: int = Field(3, ge=0, le=1000, description="Untimed warm-up iterations per benchmark.")
+    metric: EvalMetric | None = Field(
+        None,
+        description="The accuracy metric the floor applies to; omit to use the one that fits each output "
+        f"(the results say which, and why). {EVAL_METRICS_HELP}",
+    )
+    output: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="For a model with several outputs: the output the floor applies to (by name); omit to "
+        "apply it to the worst-scoring output. `metric`, when given, applies to this output (else to all).",
+    )
 
     @model_validator(mode="after")
     def _coherent(self) -> Criteria:
@@ -168,6 +182,8 @@ class Measurement(BaseModel):
     accuracy_metric: str | None = None
     accuracy_value: float | None = None
     uses_targets: bool | None = None
+    metric_reason: str | None = Field(None, description="Why this accuracy metric (and which output gates).")
+    accuracy_output: str | None = Field(None, description="The output the accuracy was measured on.")
 
 
 _SPEED_NOISE = 0.05  # speedups within 5% are measurement noise on a shared CPU, scored as 0
@@ -256,6 +272,8 @@ def improvements(baseline: Measurement, candidate: Measurement) -> dict[str, Any
             "optimized": round(candidate.accuracy_retained, 5),
             "value": round(candidate.accuracy_retained, 5),
             "metric": candidate.accuracy_metric,
+            "metric_reason": candidate.metric_reason,
+            "output": candidate.accuracy_output,
             "baseline_metric_value": baseline.accuracy_value,
             "optimized_metric_value": candidate.accuracy_value,
         },

@@ -56,7 +56,7 @@ def measure(ctx: GraphContext, handle: Any, criteria: Criteria, device: str) -> 
         warmup=criteria.benchmark_warmup,
         iterations=criteria.benchmark_iterations,
     )
-    ev = evaluate(handle, reference=ctx.workspace.original())
+    ev = evaluate(handle, reference=ctx.workspace.original(), metric=criteria.metric, output=criteria.output)
     return Measurement(
         size_bytes=int(bench.size_bytes),
         latency_p50_ms=float(bench.p50_ms),
@@ -67,6 +67,8 @@ def measure(ctx: GraphContext, handle: Any, criteria: Criteria, device: str) -> 
         accuracy_metric=str(ev.metric),
         accuracy_value=float(ev.value) if ev.value is not None else None,
         uses_targets=bool(ev.uses_targets),
+        metric_reason=ev.metric_reason,
+        accuracy_output=ev.output,
     )
 
 

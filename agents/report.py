@@ -70,6 +70,9 @@ def build_report(state: dict[str, Any]) -> dict[str, Any]:
         "size_reduction_percent": round(size_reduction_percent(baseline, sel_m), 2),
         "latency_speedup": round(speedup(baseline, sel_m), 3),
         "accuracy_retained": round(sel_m.accuracy_retained, 5),
+        "accuracy_metric": sel_m.accuracy_metric or baseline.accuracy_metric,
+        "metric_reason": sel_m.metric_reason or baseline.metric_reason,
+        "accuracy_output": sel_m.accuracy_output or baseline.accuracy_output,
         "trials_total": len(trials),
         "trials_accepted": accepted,
         "trials_rejected": rejected,
@@ -118,6 +121,14 @@ def _summary_text(
         f"Selected {selected}: {size_reduction_percent(baseline, sel):.1f}% smaller "
         f"({baseline.size_bytes} -> {sel.size_bytes} bytes), {speedup(baseline, sel):.2f}x latency "
         f"({baseline.latency_p50_ms:.3f} -> {sel.latency_p50_ms:.3f} ms p50), "
-        f"{100 * sel.accuracy_retained:.2f}% accuracy retained (floor {100 * criteria.accuracy_floor:.1f}%), "
+        f"{100 * sel.accuracy_retained:.2f}% accuracy retained{_metric_note(sel)} "
+        f"(floor {100 * criteria.accuracy_floor:.1f}%), "
         f"after {trials} trial(s). Stopped because: {reason}"
     )
+
+
+def _metric_note(m: Measurement) -> str:
+    if not m.accuracy_metric:
+        return ""
+    where = f" of output '{m.accuracy_output}'" if m.accuracy_output and m.accuracy_output != "output" else ""
+    return f" by {m.accuracy_metric}{where}"
