@@ -23,7 +23,7 @@ QuantMethod = Literal[
     "bf16",
     "static_int8",
 ]
-LayerType = Literal["Linear", "Conv1d", "Conv2d", "Conv3d", "MatMul", "Gemm", "Conv"]
+LayerType = Literal["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "MatMul", "Gemm", "Conv", "Gather"]
 _PATTERNS = (
     "fnmatch patterns on layer names: torch module qualified names (e.g. 'decoder.layers.*.mlp.*') or ONNX "
     "node / weight initializer names (e.g. '/head/*')."
@@ -39,11 +39,15 @@ class QuantizeArgs(_Args):
 
     method: QuantMethod = Field(
         description=(
-            "dynamic_int8: int8 weights, activations quantized at run time (CPU, torch/ONNX, ~4x smaller). "
+            "dynamic_int8: int8 weights, activations quantized at run time (CPU; ONNX Runtime: per-channel "
+            "MatMul weights and int8 embedding tables, ~4x smaller). "
             "weight_only_int8: int8 weights, float compute (torch). "
-            "weight_only_int4: int4 weights in groups of 128 (torch, CUDA GPU only; Linear ~8x smaller). "
+            "weight_only_int4: 4-bit weights in blocks (~7x smaller Linear/MatMul weights): on ONNX Runtime "
+            "(ONNX models, TorchScript / pt2 files, or backend='onnxruntime') MatMulNBits block-wise "
+            "weights and 4-bit embedding tables, on CPU; on torch modules torchao int4 (CUDA GPU only). "
             "bnb_int8 / bnb_nf4: bitsandbytes LLM.int8 / NF4 Linear layers (CUDA GPU only). "
-            "fp16 / bf16: half-precision weights and compute (2x smaller; bf16 for torch only). "
+            "fp16 / bf16: half-precision weights and compute (2x smaller; bf16 for torch only; ONNX keeps "
+            "float32 inputs/outputs and float32 where fp16 would overflow). "
             "static_int8: int8 weights and activations calibrated on the evaluation data (ONNX Runtime QDQ; "
             "torch models are exported to ONNX)."
         )
@@ -58,8 +62,9 @@ class QuantizeArgs(_Args):
     )
     layer_types: list[LayerType] | None = Field(
         default=None,
-        description="Only quantize layers of these types (torch module classes or ONNX op types). "
-        "Default: Linear layers (static_int8: Linear and convolutions).",
+        description="Only quantize layers of these types (torch module classes or ONNX op types; Embedding "
+        "is an ONNX Gather of a weight table). Default: Linear layers (static_int8: Linear and convolutions; "
+        "on ONNX Runtime dynamic_int8, static_int8 and weight_only_int4 also quantize embedding tables).",
     )
     calibration_samples: int = Field(
         default=64, ge=1, le=4096, description="Samples used to calibrate activation ranges (static_int8)."
@@ -68,8 +73,22 @@ class QuantizeArgs(_Args):
     backend: Literal["torch", "onnxruntime"] | None = Field(
         default=None,
         description="Omit to keep the model's runtime. 'onnxruntime' exports a torch model to ONNX and "
-        "quantizes it there (dynamic_int8, static_int8, fp16): usually the fastest on CPU, but the result "
-        "is an ONNX model that structured pruning can no longer change.",
+        "quantizes it there (dynamic_int8, static_int8, weight_only_int4, fp16): usually the fastest on CPU, "
+        "but the result is an ONNX model that structured pruning can no longer change.",
+    )
+    block_size: Literal[32, 64, 128] | None = Field(
+        default=None,
+        description="weight_only_int4 on ONNX Runtime: input channels per quantization block (32: most "
+        "accurate, 128: smallest). Omit for 32.",
+    )
+    accuracy_target: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="Mixed precision on ONNX Runtime: measure what quantizing each layer group costs (one "
+        "group at a time, on the evaluation data or synthesized inputs) and keep the costliest groups at "
+        "higher precision (float; 8-bit for weight_only_int4) until the accuracy retained reaches this, at "
+        "the smallest size. Omit to quantize every selected layer.",
     )
 
 

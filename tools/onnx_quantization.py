@@ -1,18 +1,48 @@
 """ONNX Runtime quantization of ONNX graphs: the ONNX backend of `tools.quantization.quantize`.
 
-- dynamic_int8: ONNX Runtime `quantize_dynamic` (Gemm rewritten to MatMul + Add first).
-- static_int8: ONNX Runtime QDQ `quantize_static`, calibrated on the evaluation data (else synthesized
-  inputs).
-- fp16: `onnxruntime.transformers.float16.convert_float_to_float16` with float32 inputs and outputs.
+Each method is the library's best call for the model, measured against the plain calls a user would make
+(`bench/vs_libraries.py`):
+
+- Every method first runs ONNX Runtime's `quant_pre_process` (symbolic shape inference, then ONNX
+  shape inference and the runtime's graph fusions; when symbolic inference fails it retries without it,
+  then without fusions, then quantizes the graph as it is; the result says which). Fused graphs hold
+  fewer nodes, so the file is smaller and the quantizers see more shapes.
+- dynamic_int8: `quantize_dynamic` with per-channel int8 MatMul weights (the runtime fuses them into
+  DynamicQuantizeMatMul, which has per-column scales), the embedding tables (Gather) in int8 too, and
+  `MatMulConstBOnly` so activation x activation products (attention scores) stay in float. Gemm is
+  rewritten to MatMul + Add first; Conv stays float (ConvInteger is slow on CPU: static_int8 is the
+  method for convolutions). `reduce_range` (7-bit weights) only on an x86 CPU without VNNI, where the
+  u8 x s8 kernel saturates: on a VNNI CPU it doubled the output error of a 768x3072 MatMul (2.5% against
+  1.5%) and bought nothing.
+- static_int8: QDQ `quantize_static`, per-channel symmetric int8 weights, asymmetric uint8 activations
+  calibrated (MinMax) on the evaluation data or synthesized inputs, embedding tables included,
+  constant-B MatMuls only.
+- weight_only_int4: `MatMulNBitsQuantizer`: symmetric 4-bit MatMul weights in blocks of `block_size`
+  (32 default, 64, 128) along the input axis, computed with int8 activations (accuracy_level 4: 3x faster
+  than fp32 compute on CPU, same error); embedding tables as 4-bit `GatherBlockQuantized` (packed in
+  uint8, so the graph keeps its opset, where the library's own Gather path forces opset 21 and breaks
+  graphs with ReduceMean). Layers kept at higher precision by `accuracy_target` become 8-bit blocks.
+- fp16: `convert_float_to_float16(keep_io_types=True)`, with fp32 islands: the nodes whose float32
+  outputs (on calibration inputs) leave fp16's range, and their consumers, stay float32; if the fp16
+  graph's outputs still drift (cosine to float32 below 0.999, or not finite), normalizations and
+  reductions (LayerNormalization, Softmax, ReduceMean, Pow, ...) stay float32 too.
+
+Mixed precision (`accuracy_target`): `tools.sensitivity` quantizes one layer group at a time, ranks the
+groups by the output error they cause per byte they save, and keeps the costliest at higher precision
+(float; 8-bit for weight_only_int4) until `evaluate` (the gate's own metric, on the same data) retains
+the target.
 
 Layer selection: `include` / `exclude` patterns match the node name, its weight initializers and the torch
-module the node was exported from (see `onnx_layer_names`). The input handle is never modified.
+module the node was exported from (see `onnx_layer_names`); excluded layers stay float. The input handle
+is never modified.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import platform
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,13 +50,32 @@ from typing import Any
 
 import numpy as np
 
-from tools.errors import UnsupportedFormatError
+from tools.errors import InvalidArgumentError, UnsupportedFormatError
 from tools.handle import ModelHandle
 from tools.runtime import check_inputs, slice_batch, synthesize_inputs
 from tools.selection import no_layers as _no_layers
 from tools.selection import selected as _selected
 
-ONNX_METHODS = ("dynamic_int8", "static_int8", "fp16")
+ONNX_METHODS = ("dynamic_int8", "static_int8", "weight_only_int4", "fp16")
+BLOCK_SIZES = (32, 64, 128)
+DEFAULT_BLOCK_SIZE = 32
+FP16_MAX = 65504.0
+_FP16_SAFE = FP16_MAX / 4  # headroom: calibration inputs do not show the largest activations
+_FP16_MIN_COSINE = 0.999
+# Kept in float32 when the fp16 graph drifts: normalizations and reductions that fp16 loses precision in.
+_FP16_SENSITIVE_OPS = (
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "Pow",
+    "Sqrt",
+    "Reciprocal",
+    "Exp",
+    "Erf",
+)
 
 # torch layer types -> ONNX op types.
 _ONNX_OPS: dict[str, tuple[str, ...]] = {
@@ -34,11 +83,21 @@ _ONNX_OPS: dict[str, tuple[str, ...]] = {
     "Conv1d": ("Conv",),
     "Conv2d": ("Conv",),
     "Conv3d": ("Conv",),
+    "Embedding": ("Gather",),
 }
 _ONNX_DEFAULT_OPS: dict[str, tuple[str, ...]] = {
-    "dynamic_int8": ("MatMul",),  # Gemm is rewritten to MatMul + Add first; ConvInteger is slow on CPU
-    "static_int8": ("MatMul", "Gemm", "Conv"),
+    "dynamic_int8": ("MatMul", "Gather"),  # Gemm is rewritten to MatMul + Add first
+    "static_int8": ("MatMul", "Gemm", "Conv", "Gather"),
+    "weight_only_int4": ("MatMul", "Gather"),
 }
+# Ops each method can quantize (after Gemm -> MatMul where the method needs it).
+_SUPPORTED_OPS: dict[str, tuple[str, ...]] = {
+    "dynamic_int8": ("MatMul", "Gather", "Conv"),
+    "static_int8": ("MatMul", "Gemm", "Conv", "Gather"),
+    "weight_only_int4": ("MatMul", "Gather"),
+}
+# Which input of a node holds its weight.
+_WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0}
 
 
 def as_onnx_handle(handle: ModelHandle) -> ModelHandle:
@@ -162,10 +221,25 @@ def onnx_layer_names(
     ]
 
 
+def _weight_of(node: Any, inits: dict[str, Any]) -> str | None:
+    """The float weight initializer a node quantizes (MatMul/Gemm/Conv B, Gather's table), if any."""
+    from onnx import TensorProto
+
+    index = _WEIGHT_INPUT.get(node.op_type)
+    if index is None or len(node.input) <= index:
+        return None
+    tensor = inits.get(node.input[index])
+    if tensor is None or tensor.data_type not in (TensorProto.FLOAT, TensorProto.FLOAT16):
+        return None
+    if len(tensor.dims) < 2:
+        return None
+    return str(tensor.name)
+
+
 def _weight_nodes(model: Any, op_types: Iterable[str]) -> list[Any]:
-    inits = {t.name for t in model.graph.initializer}
+    inits = {t.name: t for t in model.graph.initializer}
     wanted = set(op_types)
-    return [n for n in model.graph.node if n.op_type in wanted and any(i in inits for i in n.input)]
+    return [n for n in model.graph.node if n.op_type in wanted and _weight_of(n, inits) is not None]
 
 
 def _onnx_kept_float(model: Any, op_types: Iterable[str], chosen: Iterable[str]) -> list[str]:
@@ -185,10 +259,34 @@ def _onnx_op_types(method: str, layer_types: list[str] | None) -> tuple[str, ...
         if t in _ONNX_OPS:
             ops.extend(_ONNX_OPS[t])
         elif t[:1].isupper():
-            ops.append(t)  # an ONNX op type given directly (MatMul, Gemm, Conv)
-    if method == "dynamic_int8":
+            ops.append(t)  # an ONNX op type given directly (MatMul, Gemm, Conv, Gather)
+    if method in ("dynamic_int8", "weight_only_int4"):
         ops = ["MatMul" if o == "Gemm" else o for o in ops]
+    supported = _SUPPORTED_OPS.get(method, ())
+    unsupported = sorted({o for o in ops if o not in supported})
+    if unsupported and method in _SUPPORTED_OPS:
+        raise InvalidArgumentError(
+            f"{method} on ONNX Runtime quantizes {', '.join(supported)} nodes, not {', '.join(unsupported)}"
+            + (" (use static_int8 for convolutions)" if "Conv" in unsupported else "")
+        )
     return tuple(dict.fromkeys(ops))
+
+
+@functools.cache
+def needs_reduce_range() -> bool:
+    """7-bit weights only where the int8 kernel saturates: x86 without VNNI (u8 x s8 via vpmaddubsw)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return False  # ARM's int8 dot products do not saturate
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # unknown x86: ONNX Runtime's own advice for CPUs without VNNI
+    flags: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+            break
+    return not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
 def quantize_onnx(
@@ -200,29 +298,129 @@ def quantize_onnx(
     calibration_samples: int,
     seed: int,
     step: dict[str, Any],
+    *,
+    block_size: int | None = None,
+    accuracy_target: float | None = None,
 ) -> ModelHandle:
     import onnx
 
-    if method in ("weight_only_int8", "weight_only_int4", "bnb_int8", "bnb_nf4"):
+    if method in ("weight_only_int8", "bnb_int8", "bnb_nf4"):
         raise UnsupportedFormatError(
-            f"{method} applies to torch models; for an ONNX model use dynamic_int8, static_int8 or fp16",
+            f"{method} applies to torch models; for an ONNX model use dynamic_int8, static_int8, "
+            "weight_only_int4 or fp16",
         )
     if method == "bf16":
         raise UnsupportedFormatError(
             "bf16 is not offered for ONNX models (ONNX Runtime's CPU kernels lack bfloat16); use fp16",
         )
+    if block_size is not None and (method != "weight_only_int4" or block_size not in BLOCK_SIZES):
+        raise InvalidArgumentError(
+            f"block_size applies to weight_only_int4 and is one of {', '.join(map(str, BLOCK_SIZES))}"
+        )
+    if accuracy_target is not None and method == "fp16":
+        raise InvalidArgumentError(
+            "accuracy_target applies to dynamic_int8, static_int8 and weight_only_int4"
+        )
     model = onnx.ModelProto()
     model.CopyFrom(handle.model)
     _name_nodes(model.graph)
+    prepared, how = _preprocess(model)
+    step["result"]["preprocess"] = how
     if method == "fp16":
-        return _onnx_fp16(handle, model, include, exclude, layer_types, step)
+        return _onnx_fp16(handle, prepared, include, exclude, layer_types, seed, step)
+    options = (include, exclude, layer_types, calibration_samples, seed, block_size, accuracy_target)
+    if prepared is model:
+        return _quantize_prepared(handle, method, model, step, *options)
+    try:
+        return _quantize_prepared(handle, method, prepared, step, *options)
+    except InvalidArgumentError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the pre-processed graph broke a quantizer: the plain graph
+        step["result"]["preprocess"] = (
+            f"not used: quantizing the pre-processed graph failed ({str(exc)[:200]})"
+        )
+        return _quantize_prepared(handle, method, model, step, *options)
 
-    if method == "dynamic_int8":
+
+def _quantize_prepared(
+    handle: ModelHandle,
+    method: str,
+    source: Any,
+    step: dict[str, Any],
+    include: list[str] | None,
+    exclude: list[str] | None,
+    layer_types: list[str] | None,
+    calibration_samples: int,
+    seed: int,
+    block_size: int | None,
+    accuracy_target: float | None,
+) -> ModelHandle:
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(source)
+    if method in ("dynamic_int8", "weight_only_int4"):
         _gemm_to_matmul(model)
     op_types = _onnx_op_types(method, layer_types)
     names = onnx_layer_names(model, op_types, include, exclude)
     if not names:
         _no_layers(method, op_types, include, exclude)
+    block = block_size or DEFAULT_BLOCK_SIZE
+    reader = _CalibrationReader(handle, calibration_samples, seed) if method == "static_int8" else None
+
+    def build(high: set[str]) -> Any:
+        low = [n for n in names if n not in high]
+        eight = [n for n in names if n in high] if method == "weight_only_int4" else []
+        return _apply(model, method, low, eight, block, reader)
+
+    result = step["result"]
+    if accuracy_target is None:
+        quantized = build(set())
+        high: set[str] = set()
+    else:
+        quantized, choice = _mixed(handle, model, names, build, accuracy_target, method)
+        high = set(choice.high)
+        result["mixed_precision"] = choice.summary()
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    still_float = {t.name for t in quantized.graph.initializer}
+    done = [n for n in names if _weight_of(nodes[n], inits) not in still_float]
+    low_done = [n for n in done if n not in high]
+    if not low_done and not (method == "weight_only_int4" and done):
+        raise InvalidArgumentError(
+            f"{method}: ONNX Runtime quantized none of the {len(names)} selected layers "
+            f"({', '.join(sorted({nodes[n].op_type for n in names}))}: weights of a shape it does not take)"
+        )
+    del quantized.graph.value_info[:]  # shape annotations of the pre-processing: not needed to run
+    result.update(backend="onnxruntime", layers=low_done)
+    if method == "weight_only_int4":
+        result.update(
+            layers_8bit=[n for n in done if n in high],
+            block_size=block,
+            bits=4,
+            symmetric=True,
+            accuracy_level=4,
+        )
+    else:
+        result.update(per_channel=True, reduce_range=needs_reduce_range())
+    if reader is not None:
+        result["calibration_source"] = reader.source
+    result["kept_float"] = _onnx_kept_float(model, op_types, done)
+    return handle.with_step(quantized, step, runtime="onnx", format="onnx", device="cpu")
+
+
+def _apply(
+    model: Any, method: str, low: list[str], eight: list[str], block: int, reader: _CalibrationReader | None
+) -> Any:
+    """`model` (not modified) with `low` quantized by `method`; for weight_only_int4, `eight` in 8 bits."""
+    import onnx
+
+    if method == "weight_only_int4":
+        return _weight_only_blocks(model, low, eight, block)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    if not low:  # ONNX Runtime reads an empty node list as "every node"
+        return out
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -231,58 +429,284 @@ def quantize_onnx(
         quantize_static,
     )
 
-    with tempfile.TemporaryDirectory(prefix="robopt-quant-") as tmp, _quiet_preprocess_advice():
+    by_name = {n.name: n.op_type for n in model.graph.node}
+    op_types = sorted({by_name[n] for n in low})
+    with tempfile.TemporaryDirectory(prefix="robopt-quant-") as tmp, _quiet_ort():
         source, target = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save_model(model, str(source))
         if method == "dynamic_int8":
             quantize_dynamic(
                 source,
                 target,
-                op_types_to_quantize=list(op_types),
-                nodes_to_quantize=names,
+                op_types_to_quantize=op_types,
+                nodes_to_quantize=low,
                 weight_type=QuantType.QInt8,
-                per_channel=False,
-                # 7-bit weights: x86 without VNNI saturates u8*s8 products (vpmaddubsw); full range gave
-                # 13% relative output error on the test MLP, reduced range 1.2%.
-                reduce_range=True,
+                per_channel=True,
+                reduce_range=needs_reduce_range(),
+                extra_options={"MatMulConstBOnly": True},
             )
         else:
-            reader = _CalibrationReader(handle, calibration_samples, seed)
+            assert reader is not None
+            reader.rewind()
             quantize_static(
                 source,
                 target,
                 reader,
                 quant_format=QuantFormat.QDQ,
-                op_types_to_quantize=list(op_types),
-                nodes_to_quantize=names,
+                op_types_to_quantize=op_types,
+                nodes_to_quantize=low,
                 per_channel=True,
-                reduce_range=True,
+                reduce_range=needs_reduce_range(),
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+                extra_options={
+                    "WeightSymmetric": True,
+                    "ActivationSymmetric": False,
+                    "MatMulConstBOnly": True,
+                },
             )
-            step["result"]["calibration_source"] = reader.source
-        quantized = onnx.load(str(target), load_external_data=False)
-    step["result"].update(
-        backend="onnxruntime", layers=names, kept_float=_onnx_kept_float(model, op_types, names)
+        return onnx.load(str(target), load_external_data=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4-bit (and 8-bit) block-wise weights
+
+
+def _weight_only_blocks(model: Any, four: list[str], eight: list[str], block: int) -> Any:
+    import onnx
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    kinds = {n.name: n.op_type for n in model.graph.node}
+    with _quiet_ort():
+        for bits, names in ((4, four), (8, eight)):
+            matmuls = [n for n in names if kinds.get(n) == "MatMul"]
+            if matmuls:
+                out = _matmul_nbits(out, matmuls, bits, block)
+    gathers = {n: 4 for n in four if kinds.get(n) == "Gather"} | {
+        n: 8 for n in eight if kinds.get(n) == "Gather"
+    }
+    if gathers:
+        _gather_blocks(out, gathers, block)
+    return out
+
+
+def _matmul_nbits(model: Any, names: list[str], bits: int, block: int) -> Any:
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    wanted = set(names)
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=bits,
+        block_size=block,
+        is_symmetric=True,
+        accuracy_level=4,  # int8 activations in the kernel: ~3x faster than fp32 compute on CPU
+        nodes_to_exclude=others,
+        op_types_to_quantize=("MatMul",),
     )
-    return handle.with_step(quantized, step, runtime="onnx", format="onnx", device="cpu")
+    quantizer.process()
+    return quantizer.model.model
+
+
+def _gather_blocks(model: Any, bits_by_node: dict[str, int], block: int) -> None:
+    """Gather tables as com.microsoft GatherBlockQuantized: symmetric blocks along the row, in uint8.
+
+    4-bit values are packed two to a byte (low nibble first) with the implicit zero point 8, 8-bit values
+    with the implicit zero point 128; one float32 scale per block. Tables another node also reads (tied
+    input and output embeddings) stay as they are.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers[i] = readers.get(i, 0) + 1
+    new_nodes = []
+    changed = False
+    for node in graph.node:
+        bits = bits_by_node.get(node.name)
+        table = inits.get(node.input[0]) if node.op_type == "Gather" and bits else None
+        axis = next((helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), 0)
+        if table is None or table.data_type != TensorProto.FLOAT or len(table.dims) != 2 or axis != 0:
+            new_nodes.append(node)
+            continue
+        if readers.get(table.name, 0) != 1:
+            new_nodes.append(node)
+            continue
+        rows, width = (int(d) for d in table.dims)
+        size = block
+        while size > 16 and width % size:
+            size //= 2
+        if width % size or (bits == 4 and width % 2):
+            new_nodes.append(node)
+            continue
+        data, scales = quantize_blocks(numpy_helper.to_array(table), bits, size)
+        q_name, s_name = f"{table.name}_q{bits}", f"{table.name}_scales"
+        graph.initializer.remove(table)
+        graph.initializer.extend(
+            [numpy_helper.from_array(data, q_name), numpy_helper.from_array(scales, s_name)]
+        )
+        new_nodes.append(
+            helper.make_node(
+                "GatherBlockQuantized",
+                [q_name, node.input[1], s_name],
+                list(node.output),
+                name=node.name,
+                domain="com.microsoft",
+                gather_axis=0,
+                quantize_axis=1,
+                block_size=size,
+                bits=bits,
+            )
+        )
+        changed = True
+    if changed:
+        del graph.node[:]
+        graph.node.extend(new_nodes)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def quantize_blocks(table: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric block quantization of a [rows, width] table along its rows: (uint8 data, float32 scales).
+
+    The layout of GatherBlockQuantized with uint8 data: 4-bit values offset by 8 and packed two per byte
+    (element 2i in the low nibble), 8-bit values offset by 128.
+    """
+    rows, width = table.shape
+    qmax = 7 if bits == 4 else 127
+    blocks = table.astype(np.float32).reshape(rows, width // block, block)
+    scales = np.abs(blocks).max(axis=-1) / qmax
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    q = np.clip(np.rint(blocks / scales[..., None]), -qmax - 1, qmax).astype(np.int16).reshape(rows, width)
+    if bits == 4:
+        u = (q + 8).astype(np.uint8)
+        return (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8), scales
+    return (q + 128).astype(np.uint8), scales
+
+
+# ---------------------------------------------------------------------------------------------
+# mixed precision
+
+
+def _mixed(
+    handle: ModelHandle, model: Any, names: list[str], build: Any, target: float, method: str
+) -> tuple[Any, Any]:
+    from onnx import helper
+
+    from tools.evaluation import evaluate
+    from tools.sensitivity import Layer, Probe, choose_mixed, group_layers
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    layers = []
+    for name in names:
+        weight = inits[_weight_of(nodes[name], inits) or ""]
+        numel = int(np.prod(weight.dims))
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(weight.data_type)).itemsize
+        layers.append(Layer(name, onnx_module_path(nodes[name], inits), numel * itemsize))
+    reference = handle.clone(model=handle.model)  # its own cache: the reference outputs, computed once
+
+    def candidate(high: set[str]) -> ModelHandle:
+        return handle.clone(model=build(high), runtime="onnx", format="onnx", device="cpu")
+
+    def probe(h: ModelHandle) -> Probe:
+        r = evaluate(h, reference=reference)
+        return Probe(
+            float(r.accuracy_retained), float(getattr(r, "relative_error", 1.0 - r.cosine_similarity))
+        )
+
+    chosen, choice = choose_mixed(
+        group_layers(layers), candidate, probe, target, all_high_is_useful=method == "weight_only_int4"
+    )
+    return chosen.model, choice
+
+
+# ---------------------------------------------------------------------------------------------
+# pre-processing
+
+
+def _preprocess(model: Any) -> tuple[Any, str]:
+    """ONNX Runtime's `quant_pre_process` on `model`, with fallbacks; (graph, what was done)."""
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    attempts = (
+        ("symbolic and ONNX shape inference, graph fusions", {}),
+        (
+            "ONNX shape inference and graph fusions (symbolic shape inference failed)",
+            {"skip_symbolic_shape": True},
+        ),
+        (
+            "ONNX shape inference only (graph fusions failed)",
+            {"skip_symbolic_shape": True, "skip_optimization": True},
+        ),
+    )
+    problems: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="robopt-pre-") as tmp, _quiet_ort():
+        source = Path(tmp) / "in.onnx"
+        onnx.save_model(model, str(source))
+        for i, (label, kwargs) in enumerate(attempts):
+            target = Path(tmp) / f"pre{i}.onnx"
+            try:
+                quant_pre_process(str(source), str(target), **kwargs)
+                out = onnx.load(str(target), load_external_data=False)
+            except Exception as exc:  # noqa: BLE001 - each failure falls back to a lighter step
+                problems.append(f"{type(exc).__name__}: {str(exc)[:120]}".strip())
+                continue
+            if [i.name for i in out.graph.input] != [i.name for i in model.graph.input] or [
+                o.name for o in out.graph.output
+            ] != [o.name for o in model.graph.output]:
+                problems.append("the pre-processed graph renamed inputs or outputs")
+                continue
+            _name_nodes(out.graph)
+            return out, label
+    return model, f"skipped ({'; '.join(problems)})"
 
 
 @contextlib.contextmanager
-def _quiet_preprocess_advice() -> Iterator[None]:
-    """ONNX Runtime logs "consider pre-processing" on the root logger for every call; drop just that."""
+def _quiet_ort() -> Iterator[None]:
+    """ONNX Runtime's quantizers log advice and progress; keep the caller's logging as it was.
+
+    Importing `matmul_nbits_quantizer` calls `logging.basicConfig(level=INFO)`, which would leave the
+    root logger printing every INFO record of the process: its handlers and level are put back.
+    """
 
     def keep(record: logging.LogRecord) -> bool:
         return "pre-processing" not in record.getMessage()
 
     root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     root.addFilter(keep)
+    root.setLevel(max(level, logging.WARNING))
+    noisy = [logging.getLogger(n) for n in _NOISY_LOGGERS]
+    levels = [lg.level for lg in noisy]
+    for lg in noisy:
+        lg.setLevel(logging.WARNING)
     try:
         yield
     finally:
         root.removeFilter(keep)
+        for handler in [h for h in root.handlers if h not in handlers]:
+            root.removeHandler(handler)
+        root.setLevel(level)
+        for lg, old in zip(noisy, levels, strict=True):
+            lg.setLevel(old)
+
+
+_NOISY_LOGGERS = (
+    "onnxruntime.quantization.matmul_nbits_quantizer",
+    "onnxruntime.quantization.shape_inference",
+    "onnxruntime.quantization.quant_utils",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# fp16
 
 
 def _onnx_fp16(
@@ -291,12 +715,14 @@ def _onnx_fp16(
     include: list[str] | None,
     exclude: list[str] | None,
     layer_types: list[str] | None,
+    seed: int,
     step: dict[str, Any],
 ) -> ModelHandle:
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    blocked = []
-    step["result"]["kept_float"] = []
+    blocked: list[str] = []
+    result = step["result"]
+    result["kept_float"] = []
     if include or exclude or layer_types:
         op_types = set(_onnx_op_types("static_int8", layer_types)) if layer_types else None
         inits = {t.name for t in model.graph.initializer}
@@ -308,13 +734,99 @@ def _onnx_fp16(
         if len(blocked) == len(model.graph.node):
             _no_layers("fp16", layer_types or ["any"], include, exclude)
         kept = [n for n in _weight_nodes(model, _onnx_op_types("static_int8", None)) if n.name in blocked]
-        step["result"]["kept_float"] = [onnx_module_path(n, inits) or n.name for n in kept]
+        result["kept_float"] = [onnx_module_path(n, inits) or n.name for n in kept]
+    inputs = _sample_inputs(handle, 8, seed)
+    islands = sorted(_fp16_overflow_nodes(model, inputs) - set(blocked)) if inputs is not None else []
+    node_block = sorted(set(blocked) | set(islands)) or None
     # keep_io_types: callers keep feeding float32 and get float32 back.
-    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=blocked or None)
-    step["result"].update(
-        backend="onnxruntime", layers="all" if not blocked else f"all but {len(blocked)} nodes"
-    )
+    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=node_block)
+    fp32_ops: list[str] = []
+    if inputs is not None:
+        cosine = _fidelity(model, converted, inputs)
+        if cosine < _FP16_MIN_COSINE:
+            safer = convert_float_to_float16(
+                model,
+                keep_io_types=True,
+                node_block_list=node_block,
+                op_block_list=[*DEFAULT_OP_BLOCK_LIST, *_FP16_SENSITIVE_OPS],
+            )
+            safer_cosine = _fidelity(model, safer, inputs)
+            if safer_cosine > cosine:
+                converted, cosine = safer, safer_cosine
+                present = {n.op_type for n in model.graph.node}
+                fp32_ops = [o for o in _FP16_SENSITIVE_OPS if o in present]
+        result["fp16_cosine"] = round(cosine, 6)
+    else:
+        result["fp32_islands_note"] = "no input signature: fp16 overflow was not checked"
+    del converted.graph.value_info[:]
+    label = "all" if not node_block else f"all but {len(node_block)} nodes"
+    result.update(backend="onnxruntime", layers=label, fp32_islands=islands, fp32_ops=fp32_ops)
     return handle.with_step(converted, step)
+
+
+def _sample_inputs(handle: ModelHandle, samples: int, seed: int) -> dict[str, np.ndarray] | None:
+    """A few inputs to probe the model with: the evaluation data's first samples, else synthesized."""
+    try:
+        reader = _CalibrationReader(handle, samples, seed, batch_size=samples)
+    except Exception:  # noqa: BLE001 - no signature and no data: nothing to probe with
+        return None
+    return reader.get_next()
+
+
+def _session(model: Any, optimize: bool = True) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def _fp16_overflow_nodes(model: Any, inputs: dict[str, np.ndarray]) -> set[str]:
+    """Nodes that produce or read a float32 tensor beyond fp16's range on `inputs` (they stay float32)."""
+    import onnx
+    from onnx import TensorProto, shape_inference
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    try:
+        typed = shape_inference.infer_shapes(probe)
+    except Exception:  # noqa: BLE001 - without types, only the graph outputs can be probed
+        typed = probe
+    outputs = {o.name for o in probe.graph.output}
+    for value in typed.graph.value_info:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT and value.name not in outputs:
+            probe.graph.output.append(value)
+            outputs.add(value.name)
+    try:
+        session = _session(probe, optimize=False)
+        names = [o.name for o in session.get_outputs()]
+        values = session.run(names, inputs)
+    except Exception:  # noqa: BLE001 - a probe that does not run tells nothing; convert as is
+        return set()
+    over = {
+        name
+        for name, value in zip(names, values, strict=True)
+        if isinstance(value, np.ndarray)
+        and value.dtype.kind == "f"
+        and value.size
+        and float(np.nanmax(np.abs(value))) > _FP16_SAFE
+    }
+    return {node.name for node in model.graph.node if over & set(node.output) or over & set(node.input)}
+
+
+def _fidelity(reference: Any, candidate: Any, inputs: dict[str, np.ndarray]) -> float:
+    """Cosine of the candidate's first output to the reference's (0 when not finite)."""
+    try:
+        ref = np.asarray(_session(reference).run(None, inputs)[0], dtype=np.float64).reshape(-1)
+        out = np.asarray(_session(candidate).run(None, inputs)[0], dtype=np.float64).reshape(-1)
+    except Exception:  # noqa: BLE001 - a graph that does not run has no fidelity
+        return 0.0
+    if not np.isfinite(out).all():
+        return 0.0
+    denom = float(np.linalg.norm(ref) * np.linalg.norm(out))
+    return float(ref @ out / denom) if denom > 0 else float(np.allclose(ref, out))
 
 
 class _CalibrationReader:

@@ -71,6 +71,8 @@ def quantize(
     calibration_samples: int = 64,
     seed: int = 0,
     backend: str = "auto",
+    block_size: int | None = None,
+    accuracy_target: float | None = None,
 ) -> ModelHandle:
     """A new handle with `method` applied to the selected layers; `handle` is left untouched.
 
@@ -81,6 +83,8 @@ def quantize(
     with ONNX Runtime (dynamic_int8, static_int8, fp16). On the 2-core CPU of the test machine ONNX
     Runtime's dynamic int8 ran the 0.3 M-parameter MLP ~7x faster than torch eager fp32 at batch 1,
     where torch.ao's int8 was slower than fp32; "torch" insists on a torch module.
+    `block_size` (weight_only_int4) and `accuracy_target` (mixed precision by measured sensitivity) apply
+    on the ONNX Runtime path; see `tools.onnx_quantization`.
     """
     if method not in METHODS:
         raise UnknownMethodError(
@@ -102,9 +106,23 @@ def quantize(
         step["backend"] = backend
     if method == "static_int8":
         step["calibration_samples"] = calibration_samples
-    if method in GPU_ONLY:
+    onnx_path = (
+        handle.runtime == "onnx"
+        or backend == "onnxruntime"
+        or (method in ONNX_METHODS and method != "fp16" and not _is_module_tree(handle.model))
+    )
+    if block_size is not None:
+        step["block_size"] = block_size
+    if accuracy_target is not None:
+        step["accuracy_target"] = accuracy_target
+    if (block_size is not None or accuracy_target is not None) and not onnx_path:
+        raise InvalidArgumentError(
+            "block_size and accuracy_target apply on ONNX Runtime (an ONNX model or backend='onnxruntime')"
+        )
+    if method in GPU_ONLY and not (onnx_path and method in ONNX_METHODS):
         _require_cuda(method)
     step["result"] = {}
+    options = {"block_size": block_size, "accuracy_target": accuracy_target}
 
     import torch
 
@@ -120,21 +138,24 @@ def quantize(
         handle = _as_onnx_handle(handle)
         step["result"]["exported_to_onnx"] = True
     if handle.runtime == "onnx":
-        return _quantize_onnx(handle, method, include, exclude, layer_types, calibration_samples, seed, step)
+        return _quantize_onnx(
+            handle, method, include, exclude, layer_types, calibration_samples, seed, step, **options
+        )
     if _is_module_tree(handle.model):
         return _quantize_torch(handle, method, include, exclude, layer_types, calibration_samples, seed, step)
     # TorchScript and torch.export modules hold no swappable nn.Linear: go through ONNX for int8.
     if method in ("fp16", "bf16"):
         return _cast_whole(handle, method, include, exclude, layer_types, step)
-    if method in ("dynamic_int8", "static_int8"):
+    if method in ("dynamic_int8", "static_int8", "weight_only_int4"):
         onnx_handle = _as_onnx_handle(handle)
         step["result"]["exported_to_onnx"] = True
         return _quantize_onnx(
-            onnx_handle, method, include, exclude, layer_types, calibration_samples, seed, step
+            onnx_handle, method, include, exclude, layer_types, calibration_samples, seed, step, **options
         )
     raise UnsupportedFormatError(
         f"{method} needs the model's Python modules, which a {handle.format} file does not have; upload the "
-        "state dict with its architecture, or use dynamic_int8 / static_int8 (they go through ONNX)",
+        "state dict with its architecture, or use dynamic_int8 / static_int8 / weight_only_int4 (they go "
+        "through ONNX)",
     )
 
 

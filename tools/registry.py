@@ -55,6 +55,8 @@ def _run_quantize(handle: ModelHandle, args: BaseModel) -> ModelHandle:
         calibration_samples=a.calibration_samples,
         seed=a.seed,
         backend=a.backend or "auto",
+        block_size=a.block_size,
+        accuracy_target=a.accuracy_target,
     )
 
 
@@ -118,8 +120,10 @@ class ToolSpec:
 TOOLS: dict[str, ToolSpec] = {
     "quantize": ToolSpec(
         name="quantize",
-        description="Quantize the current model to a lower precision. Returns a new candidate version "
-        "that is then benchmarked and evaluated; the current version stays if the candidate misses the goal.",
+        description="Quantize the current model to a lower precision (int8, 4-bit block-wise, fp16; see "
+        "`method`), optionally with mixed precision chosen by measured per-layer sensitivity "
+        "(`accuracy_target`). Returns a new candidate version that is then benchmarked and evaluated; the "
+        "current version stays if the candidate misses the goal.",
         args_model=QuantizeArgs,
         run=_run_quantize,
     ),
