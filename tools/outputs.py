@@ -21,9 +21,10 @@ in this order and says which piece decided (`KindGuess.reason`), and when the ev
    embedding when the layer is named like a projection of features (`proj`, `pooler`, `embed`);
    tanh is a bounded head: an embedding when wide (>= 64, BERT's pooler), a regression when narrow
    (bounded actions).
-4. The library class alone (transformers classes in an eager module, a TorchScript file's type names
-   or a torch.export program's module stack): a base model without a task head (`BertModel`,
-   `Dinov2Model`, `SiglipVisionModel`) gives embeddings; a `...For...` class logits.
+4. The library class alone, where no config is at hand (a TorchScript file's type names, a
+   torch.export program's module stack): a base model without a task head (`BertModel`,
+   `Dinov2Model`, `SiglipVisionModel`) gives embeddings, a `...For...` class logits. A projection
+   that lies outside such a base model (the user's own head on top of an encoder) is a head.
 5. The dtype: integer and boolean outputs are labels (ids, decisions), scored by exact agreement.
 6. The values on the evaluation inputs: rows of unit L2 norm are normalized embeddings; rows of
    non-negative values summing to 1 are probabilities (logits' family).
@@ -131,7 +132,9 @@ def guess_kind(
         hit = _from_producer(producer, shape, desc, library)
         if hit is not None:
             return hit
-        if library is not None:
+        if library is not None and library.config is None:
+            # Only the class name is known (TorchScript, torch.export). With a config (an eager module),
+            # an output that matches none of its sizes comes from the user's own layers: no evidence.
             if library.has_head:
                 return KindGuess(
                     "logits", f"{desc} of {library.class_name}, a model with a task head: logits"
@@ -221,7 +224,7 @@ def _from_producer(
             return KindGuess("logits", f"{where}: a classifier / LM head, logits")
         if _FEATURE_SCOPES.search(scope):
             return KindGuess("embedding", f"{where}: a projection of features, an embedding")
-        if library is not None and not library.has_head:
+        if library is not None and not library.has_head and _inside(producer.scope, library.path):
             return KindGuess("embedding", f"{where} of {library.class_name} (no task head): an embedding")
         return KindGuess(
             "logits",
@@ -236,6 +239,13 @@ def _from_producer(
     if fam == "sigmoid":
         return KindGuess("regression", f"{where}: values in (0, 1), a regression", ambiguous=True)
     return None
+
+
+def _inside(scope: str, path: str) -> bool:
+    """Whether a layer (its scope: a module path, or parameter paths) lies inside the module at `path`."""
+    if not path:
+        return True
+    return any(part == path or part.startswith(path + ".") for part in scope.split())
 
 
 def _shape_text(shape: list[Any]) -> str:
