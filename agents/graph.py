@@ -353,6 +353,19 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
             attempt=ctx.attempt,
         )
         update: dict[str, Any] = {"pending": None, "candidate": None}
+        handle = m = None
+        if not cand.get("error"):
+            base_rec = versions[record.base_version]
+            try:
+                handle = await compute.run(
+                    ctx.workspace.handle,
+                    VersionRecord(
+                        id=cand["version_id"], parent=base_rec.id, recipe=[*base_rec.recipe, *action.calls]
+                    ),
+                )
+                m = await compute.run(measure, ctx, handle, criteria, state["device"])
+            except Exception as err:  # noqa: BLE001 - a candidate that cannot run is a failed trial
+                cand = {**cand, "error": f"the candidate does not run: {_error_text(err)}"}
         if cand.get("error"):
             record.error = cand["error"]
             record.decision = "failed: the tool refused or crashed; nothing changed"
@@ -364,13 +377,9 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
                 f"t{n}.decision",
             )
         else:
+            assert m is not None
             vid = cand["version_id"]
             base_rec = versions[record.base_version]
-            handle = await compute.run(
-                ctx.workspace.handle,
-                VersionRecord(id=vid, parent=base_rec.id, recipe=[*base_rec.recipe, *action.calls]),
-            )
-            m = await compute.run(measure, ctx, handle, criteria, state["device"])
             score = objective(criteria, baseline, m)
             cur_score = objective(criteria, baseline, current)
             ok = meets(criteria, baseline, m)
@@ -650,6 +659,9 @@ def _error_text(err: BaseException) -> str:
         loc = ".".join(str(p) for p in first.get("loc", ()))
         return f"invalid arguments: {loc}: {first.get('msg', str(err))}"
     message = getattr(err, "message", None) or str(err) or type(err).__name__
+    if "TorchScript interpreter" in message:
+        # The cause is the last line; the serialized code and trace before it only repeat the model.
+        message = message.strip().splitlines()[-1].removeprefix(f"{type(err).__name__}: ")
     return f"{type(err).__name__}: {message}"[:1000]
 
 
