@@ -68,7 +68,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from tools.arguments import EvalMetric, check_arguments
-from tools.errors import DataMismatchError, InvalidArgumentError, InvalidModelError
+from tools.errors import DataMismatchError, InvalidArgumentError, InvalidModelError, ToolError
 from tools.handle import EvalData, ModelHandle
 from tools.outputs import OUTPUT_KINDS, KindGuess, OutputKind, guess_kinds
 from tools.runtime import check_inputs, output_values, slice_batch, synthesize_inputs
@@ -732,24 +732,35 @@ def _dims(shape: list[int | None]) -> str:
 
 
 def output_specs(handle: ModelHandle, *, batch_size: int = 2, seed: int = 0) -> list[dict[str, Any]]:
-    """The model's outputs from one forward pass on `batch_size` samples (its evaluation data, else inputs
-    synthesized from its signature): JSON-ready, for an upload to store and `check_metric` to read.
+    """The model's outputs from one forward pass on `batch_size` samples (of its evaluation data, else
+    synthesized from its input signature): JSON-ready, for an upload to store and `check_metric` to read.
 
     Each: `name`, `shape` (axis 0 the batch, None; other axes as measured, None where an ONNX graph
     names them symbolic), `dtype`, `comparable` (a tensor with a per-sample first axis), `problem`
     (why not, else None), `kind` and `kind_reason` (what `evaluate` would take it for without targets)
-    and `ambiguous`. Raises InvalidArgumentError when there is nothing to run the model on.
+    and `ambiguous`. Raises InvalidArgumentError when the model has no input signature,
+    DataMismatchError when the model does not run on those inputs. Shapes are measured at the
+    synthesized sequence length (16) where the signature has dynamic non-batch axes.
     """
+    if not handle.inputs:
+        raise InvalidArgumentError(
+            "the model has no input signature: its outputs cannot be measured (give its inputs or "
+            "evaluation data when loading it)"
+        )
     if handle.eval_data is not None and handle.eval_data.inputs:
         inputs = slice_batch(handle.eval_data.inputs, 0, batch_size)
-    elif handle.inputs:
-        inputs = synthesize_inputs(handle.inputs, batch_size, seed=seed)
     else:
-        raise InvalidArgumentError(
-            "the model has no input signature and no evaluation data: its outputs cannot be measured"
-        )
+        inputs = synthesize_inputs(handle.inputs, batch_size, seed=seed)
     batch = int(next(iter(inputs.values())).shape[0])
-    values = output_values(handle, inputs)
+    try:
+        values = output_values(handle, inputs)
+    except ToolError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the model refuses inputs of its own signature
+        raise DataMismatchError(
+            f"the model does not run on inputs of its signature {[s.model_dump() for s in handle.inputs]}",
+            details=str(exc)[:500],
+        ) from exc
     symbolic = _onnx_symbolic_axes(handle)
     arrays = {k: v for k, v in values.items() if _compare_problem(v, batch) is None}
     guesses = guess_kinds(handle, arrays)

@@ -21,7 +21,7 @@ from torch import nn
 
 from evals.zoo import ZooModel
 from evals.zoo import build as build_zoo
-from tests.tools.conftest import assert_same_weights, mlp_handle, weights_snapshot
+from tests.tools.conftest import assert_same_weights, build_mlp, mlp_handle, weights_snapshot
 from tools.architectures import build_model, input_specs
 from tools.errors import DataMismatchError, InvalidArgumentError, InvalidModelError
 from tools.evaluation import EvalResult, check_metric, evaluate, output_specs
@@ -456,3 +456,25 @@ def test_an_unhinted_vector_output_is_said_to_be_ambiguous() -> None:
     assert "ambiguous" in result.metric_reason and "centered_cosine" in result.metric_reason
     spec = output_specs(reference)[0]
     assert spec["ambiguous"] and spec["kind"] == "logits"
+
+
+def test_output_specs_refuse_a_model_that_cannot_run_on_its_signature() -> None:
+    wrong = ModelHandle(
+        runtime="torch",
+        format="state_dict",
+        model=build_mlp(),
+        inputs=[InputSpec(name="obs", shape=[None, 63])],
+    )
+    with pytest.raises(DataMismatchError, match="does not run on inputs of its signature"):
+        output_specs(wrong)
+    with pytest.raises(InvalidArgumentError, match="no input signature"):
+        output_specs(ModelHandle(runtime="torch", format="torchscript", model=build_mlp(), inputs=[]))
+    data = EvalData(inputs={"obs": np.ones((5, 64), np.float32)})
+    from_data = ModelHandle(
+        runtime="torch",
+        format="torchscript",
+        model=build_mlp(),
+        inputs=list(mlp_handle().inputs),
+        eval_data=data,
+    )
+    assert output_specs(from_data)[0]["shape"] == [None, 16]
