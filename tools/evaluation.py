@@ -459,6 +459,12 @@ def _score(
     else:
         metric = _KIND_METRIC[kind]
         reason = f"{why}; scored by {metric}"
+        misfit = _fit_problem(metric, list(ref.shape), str(ref.dtype), None, ref.shape[0])
+        if misfit is not None:  # a kind stated by an argument or metadata that the output contradicts
+            raise InvalidArgumentError(
+                f"output '{name}' is taken for {kind} ({why}), but {misfit}; name a metric or output_kind "
+                "that fits it"
+            )
     floating = np.issubdtype(ref.dtype, np.floating)
     c = cand.astype(np.float32) if not floating else cand
     r = ref.astype(np.float32) if not floating else ref

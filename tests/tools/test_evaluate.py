@@ -478,3 +478,19 @@ def test_output_specs_refuse_a_model_that_cannot_run_on_its_signature() -> None:
         eval_data=data,
     )
     assert output_specs(from_data)[0]["shape"] == [None, 16]
+
+
+def test_a_stated_kind_the_output_contradicts_is_refused_not_crashed_on() -> None:
+    class Ids(nn.Module):
+        def forward(self, obs: torch.Tensor) -> torch.Tensor:
+            return (obs * 4).round().long()  # integer ids: labels
+
+    specs = [InputSpec(name="obs", shape=[None, 6])]
+    ids = ModelHandle(runtime="torch", format="state_dict", model=Ids(), inputs=specs)
+    same = evaluate(ids.clone(), reference=ids, num_samples=16)
+    assert same.metric == "exact_agreement" and same.output_kind == "labels" and same.accuracy_retained == 1.0
+    with pytest.raises(InvalidArgumentError, match="taken for embedding.*needs a floating output"):
+        evaluate(ids.clone(), reference=ids, num_samples=16, output_kind="embedding")
+    ids.metadata["output_kind"] = "logits"
+    with pytest.raises(InvalidArgumentError, match="metadata says 'logits'"):
+        evaluate(ids.clone(), reference=ids, num_samples=16)
