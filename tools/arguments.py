@@ -169,7 +169,9 @@ class EvaluateArgs(_Args):
     cosine of embeddings, error of regressions); always accuracy_retained."""
 
     output_kind: Literal["logits", "regression", "action_tokens", "embedding", "labels"] | None = Field(
-        default=None, description="What the outputs are; omit to infer it from the model and the data."
+        default=None,
+        description="What the output named by `output` is (else every output); omit to infer it from the "
+        "model and the data.",
     )
     metric: EvalMetric | None = Field(
         default=None,

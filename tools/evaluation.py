@@ -4,7 +4,8 @@ Every output of the model is scored (`forward_all`: tuples, dicts, transformers 
 graphs with several outputs), each with the metric of its kind; the result's top-level fields are
 those of the gating output: the one named by `output`, else the output that retains the least.
 
-Which kind an output is (`OutputResult.output_kind`), first match wins: the `output_kind` argument;
+Which kind an output is (`OutputResult.output_kind`), first match wins: the `output_kind` argument
+(like `metric`: for the output named by `output`, else for every output);
 the handle's `metadata["output_kind"]` (a kind for the first output, or a dict by output name); a
 registered architecture's kind (first output); the evaluation targets' shape (the output they score);
 else the evidence `tools.outputs.guess_kind` reads (output names, the transformers class and config,
@@ -196,9 +197,11 @@ def evaluate(
                 f"the candidate's output shape {list(cand.shape)} differs from the reference's "
                 f"{list(ref.shape)}" + (f" (output '{name}')" if len(names) > 1 else "")
             )
-        forced = metric if (output is None or name == output) else None
+        # A forced metric or kind applies to the named output, or to every output when none is named.
+        applies = output is None or name == output
+        forced, kind_given = (metric, output_kind) if applies else (None, None)
         t = np.asarray(targets) if targets is not None and name == target_output else None
-        kind, why = _kind(handle, reference, name, names.index(name), ref, t, output_kind, guesses[name])
+        kind, why = _kind(handle, reference, name, names.index(name), ref, t, kind_given, guesses[name])
         results.append(_score(name, cand, ref, t, kind, why, forced, tolerance))
 
     if output is not None:
