@@ -93,6 +93,11 @@ def prune(
             model, result = _magnitude_torch(handle, amount, scope, include, exclude)
         return handle.with_step(model, {**step, "result": result})
     if method == "structured":
+        if handle.runtime == "onnx":
+            from tools.onnx_pruning import prune_structured_onnx
+
+            model, result = prune_structured_onnx(handle, amount, scope, include, exclude, seed)
+            return handle.with_step(model, {**step, "result": result})
         model, result = _structured(handle, amount, scope, include, exclude, seed)
         return handle.with_step(model, {**step, "result": result}, architecture=_resized_ref(handle, model))
     model, result, device = _semi_structured(handle, amount, include, exclude)
