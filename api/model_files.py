@@ -52,6 +52,7 @@ class ProbedSignature:
 
     inputs: list[InputSpec] | None
     info: dict[str, Any] = field(default_factory=dict)
+    outputs: list[dict[str, Any]] | None = None  # tools.evaluation.output_specs of one forward pass
 
 
 def probe_input_spec(
@@ -64,16 +65,14 @@ def probe_input_spec(
     """The model's input signature, by loading it (no code from the file runs: formats checked first).
 
     `given` (the user's input_signature) is checked against the graph; `eval_data` defines the
-    signature of a model that states none. A signature the file does not state (read off a graph,
-    given, or from the data) is tried once on the model, so one it cannot take is refused now, not
-    by a session later. Raises ToolError when a
-    runnable model cannot be loaded or run; a weights-only file without an architecture is stored
-    without a signature instead.
+    signature of a model that states none. The model runs once on its signature: that gives its
+    outputs (names, shapes, kinds), and a signature it cannot take is refused now, not by a session.
+    Raises ToolError when a runnable model cannot be loaded or run; a weights-only file without an
+    architecture is stored without a signature instead.
     """
     if not report.loadable:
         return ProbedSignature(None)
     from tools.loading import load_model
-    from tools.runtime import forward, synthesize_inputs
 
     try:
         handle = load_model(path, architecture=architecture, inputs=given, eval_data=eval_data)
@@ -94,18 +93,18 @@ def probe_input_spec(
     }
     if not handle.inputs:
         return ProbedSignature(None, info)
-    if info["source"] in ("file", "architecture"):
-        return ProbedSignature(list(handle.inputs), info)  # the file states it: nothing to check by running
+    from tools.evaluation import output_specs
+
+    # One forward pass: the outputs it gives are stored (a metric is checked against them at
+    # /optimize), and a signature the model cannot take is refused here, not by a session.
     try:
-        forward(handle, synthesize_inputs(handle.inputs, batch_size=2, dynamic_len=8))
-    except ToolError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - the model refuses inputs of this signature
+        outputs = output_specs(handle)
+    except DataMismatchError as exc:
         raise DataMismatchError(
             f"the model does not run with the input signature {[s.model_dump() for s in handle.inputs]}",
-            details=str(exc)[:500],
+            details=exc.details,
         ) from exc
-    return ProbedSignature(list(handle.inputs), info)
+    return ProbedSignature(list(handle.inputs), info, outputs)
 
 
 def report_details(report: FormatReport) -> dict[str, Any]:

@@ -43,7 +43,8 @@ def synthesize_inputs(
             high = int(spec.high if spec.high is not None else 2)
             out[spec.name] = rng.integers(low, high, size=shape, dtype=dtype)
         elif dtype == np.bool_:
-            out[spec.name] = rng.integers(0, 2, size=shape).astype(np.bool_)
+            low = int(spec.low if spec.low is not None else 0)  # low=1: all true (a mask)
+            out[spec.name] = rng.integers(low, 2, size=shape).astype(np.bool_)
         else:
             low = spec.low if spec.low is not None else -1.0
             high = spec.high if spec.high is not None else 1.0

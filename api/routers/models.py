@@ -26,6 +26,7 @@ from api.model_files import (
     RUNNABLE_FORMATS,
     WEIGHTS_ONLY_FORMATS,
     FormatReport,
+    ProbedSignature,
     ToolError,
     check_eval_data,
     check_model_file,
@@ -212,7 +213,11 @@ async def upload_model(
             stored_path=str(destination.resolve()),
             architecture=architecture.model_dump() if architecture else None,
             input_spec=[s.model_dump() for s in input_spec] if input_spec else None,
-            format_details={**report_details(report), **({"signature": probed.info} if probed.info else {})},
+            format_details={
+                **report_details(report),
+                **({"signature": probed.info} if probed.info else {}),
+                **({"outputs": probed.outputs} if probed.outputs is not None else {}),
+            },
         )
         db.add(record)
         await db.commit()
@@ -326,10 +331,10 @@ def _eval_info(inputs: dict[str, Any], targets: Any) -> dict[str, Any]:
     }
 
 
-async def _check_eval_against_model(record: ModelRecord, data: EvalData) -> list[InputSpec] | None:
+async def _check_eval_against_model(record: ModelRecord, data: EvalData) -> ProbedSignature | None:
     """Check the data against the model's signature; for a model without one, the data defines it.
 
-    Returns the signature to store when the data defined it (names matched against the graph's
+    Returns the probe to store when the data defined the signature (names matched against the graph's
     argument names, tried once on the model), None when the model already had one.
     """
     if record.input_spec:
@@ -356,7 +361,7 @@ async def _check_eval_against_model(record: ModelRecord, data: EvalData) -> list
         )
     except ToolError as exc:
         raise _tool_error(exc) from exc
-    return probed.inputs
+    return probed
 
 
 @router.post(
@@ -399,11 +404,14 @@ async def attach_evaluation_data(
             previous.unlink(missing_ok=True)
         record.eval_data_path = str(destination.resolve())
         record.eval_data_info = info
-        if defined is not None:
-            record.input_spec = [s.model_dump() for s in defined]
+        if defined is not None and defined.inputs:
+            record.input_spec = [s.model_dump() for s in defined.inputs]
             signature = dict((record.format_details or {}).get("signature") or {})
             signature.update(source="eval_data", missing=[])
-            record.format_details = {**(record.format_details or {}), "signature": signature}
+            details = {**(record.format_details or {}), "signature": signature}
+            if defined.outputs is not None:
+                details["outputs"] = defined.outputs
+            record.format_details = details
         db.add(record)
         await db.commit()
         await db.refresh(record)

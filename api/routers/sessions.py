@@ -18,7 +18,7 @@ from agents.compute import run_isolated
 from agents.runner import RollbackError
 from api.deps import CurrentUser, DbDep, SettingsDep
 from api.errors import ApiError, error_responses
-from api.model_files import FormatReport, ToolError, probe_input_spec
+from api.model_files import FormatReport, ProbedSignature, ToolError, probe_input_spec
 from api.routers.models import get_owned_model, parse_input_signature
 from api.schemas.sessions import (
     CancelResponse,
@@ -39,7 +39,7 @@ from api.sse import session_events
 from state.registry import ModelRecord
 from state.sessions import TERMINAL_STATUSES, OptimizationSession, SessionMessage
 from state.users import User, utcnow
-from tools.handle import ArchitectureRef, InputSpec
+from tools.handle import ArchitectureRef
 
 router = APIRouter(tags=["optimization"])
 
@@ -58,7 +58,7 @@ def _runtime(request: Request) -> tuple[Any, Any, Any]:
     return state.runner, state.executor, state.events
 
 
-async def _session_signature(model: ModelRecord, raw: list[dict[str, Any]] | None) -> list[InputSpec] | None:
+async def _session_signature(model: ModelRecord, raw: list[dict[str, Any]] | None) -> ProbedSignature | None:
     """The request's input_signature checked against the model (None: the model's own is used).
 
     A model that has no signature and no evaluation data cannot be benchmarked or evaluated: that is
@@ -88,7 +88,7 @@ async def _session_signature(model: ModelRecord, raw: list[dict[str, Any]] | Non
         probed = await run_isolated(probe_input_spec, Path(model.stored_path), report, architecture, given)
     except ToolError as exc:
         raise ApiError(422, exc.code, exc.message, exc.details) from exc
-    return probed.inputs
+    return probed
 
 
 def _started(executor: Any, session_id: str) -> bool:
@@ -118,8 +118,22 @@ async def optimize(
         raise ApiError(
             422, "validation_error", "This weights file has no architecture", "upload it with an architecture"
         )
-    signature = await _session_signature(model, body.input_signature)
+    probed = await _session_signature(model, body.input_signature)
+    signature = probed.inputs if probed is not None else None
     criteria = body.criteria()
+    outputs = probed.outputs if probed is not None else (model.format_details or {}).get("outputs")
+    if outputs is not None:
+        from tools.evaluation import check_metric
+
+        try:
+            check_metric(
+                criteria.metric,
+                outputs,
+                output=criteria.output,
+                targets=(model.eval_data_info or {}).get("targets"),
+            )
+        except ToolError as exc:
+            raise ApiError(422, exc.code, exc.message, exc.details) from exc
     if criteria.device == "cuda":
         import torch
 

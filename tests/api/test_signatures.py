@@ -193,3 +193,55 @@ async def test_evaluation_data_defines_a_missing_signature(
     assert model["format_details"]["signature"]["source"] == "eval_data"
     r = await client.post("/optimize", headers=user, json={"model_id": model_id, "max_trials": 1})
     assert r.status_code == 200, r.text
+
+
+class _ActionsAndNote(torch.nn.Module):
+    """A policy whose forward returns its actions and a value that is not a tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        return {"actions": self.fc(x), "note": None}
+
+
+async def test_metrics_and_outputs_are_checked_at_optimize(
+    client: httpx.AsyncClient, make_user: MakeUser, upload_model: UploadModel, tmp_path: Path
+) -> None:
+    user = await make_user("user")
+    model = (await upload_model(user, traced_policy(tmp_path / "p.pt"))).json()
+    (output,) = model["format_details"]["outputs"]
+    assert output["shape"] == [None, 8] and output["dtype"] == "float32" and output["comparable"]
+    for extra, error, text in (
+        ({"metric": "exact_agreement"}, "invalid_argument", "exact_agreement"),
+        ({"metric": "accuracy"}, "invalid_argument", "targets"),
+        ({"output": "logits"}, "invalid_argument", "logits"),
+    ):
+        r = await client.post("/optimize", headers=user, json={"model_id": model["id"], **extra})
+        body = _refusal(r, error)
+        assert text in body["message"] + str(body["details"]), body
+    assert await _sessions(client, user) == 0
+    r = await client.post(
+        "/optimize",
+        headers=user,
+        json={"model_id": model["id"], "metric": "cosine_similarity", "max_trials": 1},
+    )
+    assert r.status_code == 200, r.text
+
+    # Outputs that cannot be compared are refused unless the request names one that can.
+    path = tmp_path / "note.pt2"
+    torch.export.save(torch.export.export(_ActionsAndNote(), (torch.randn(2, 4),)), path)
+    model = (await upload_model(user, path)).json()
+    outputs = {o["name"]: o for o in model["format_details"]["outputs"]}
+    assert outputs["actions"]["comparable"] and not outputs["note"]["comparable"]
+    body = _refusal(
+        await client.post("/optimize", headers=user, json={"model_id": model["id"]}), "invalid_model"
+    )
+    assert "note" in body["message"] + str(body["details"])
+    r = await client.post(
+        "/optimize", headers=user, json={"model_id": model["id"], "output": "actions", "max_trials": 1}
+    )
+    assert r.status_code == 200, r.text
+    status = await wait_terminal(client, user, r.json()["session_id"], timeout_s=120)
+    assert status["status"] == "completed", status
