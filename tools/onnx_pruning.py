@@ -787,6 +787,17 @@ def _refuse_nothing(index: _Index, skipped: dict[str, str]) -> None:
             "structured pruning needs float weights and this ONNX model is already quantized "
             f"({', '.join(sorted(quantized))}); prune the float model first, then quantize it"
         )
+    overridable = [
+        n.input[1] for n in index.nodes
+        if n.op_type in PRODUCER_OPS and len(n.input) > 1 and n.input[1] in index.inits
+        and n.input[1] in index.graph_inputs
+    ]  # fmt: skip
+    if overridable and not skipped:
+        raise InvalidArgumentError(
+            "nothing to prune structurally: the weights of this ONNX graph "
+            f"({', '.join(overridable[:3])}, ...) are also graph inputs (an IR version 3 export), so they "
+            "may be replaced at run time and cannot be resized; re-export the model with a current exporter"
+        )
     if not skipped:
         raise InvalidArgumentError(
             "nothing to prune structurally: the ONNX graph has no MatMul/Gemm/Conv with a constant float "
@@ -907,7 +918,8 @@ class _Edits:
                 if a.name == "group":
                     a.CopyFrom(helper.make_attribute("group", groups))
         _drop_orphans(model, self.orphans)
-        stale = set(tensors)
+        # Shapes recorded for the resized tensors and initializers (exporters keep value_info for both).
+        stale = set(tensors) | set(self.arrays)
         kept = [v for v in graph.value_info if v.name not in stale]
         del graph.value_info[:]
         graph.value_info.extend(kept)

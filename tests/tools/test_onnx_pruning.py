@@ -196,7 +196,16 @@ def test_hand_built_gemm_graph_with_broadcast_constants() -> None:
         _scalar("lo", -2.0), _scalar("hi", 2.0), _init("scale", 24), _init("w3", 24, 4), _init("b3", 4),
     ]  # fmt: skip
     model = _graph_model(nodes, inits, ["batch", 16], ["batch", 4])
+    # Exporters record shapes of intermediate tensors and of initializers: the resized ones must go.
+    model.graph.value_info.extend(
+        [
+            helper.make_tensor_value_info("h1", TensorProto.FLOAT, ["batch", 32]),
+            helper.make_tensor_value_info("w1", TensorProto.FLOAT, [16, 32]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, [24]),
+        ]
+    )
     pruned, result = prune_structured_onnx(_handle(model, [InputSpec(name="x", shape=[None, 16])]), 0.5)
+    assert result["checks"][:2] == ["onnx.checker: ok", "strict shape inference: ok"]
     assert result["pruned_groups"] == 2 and result["channels_before"] == 56
     hidden = ("w1", "b1", "w2", "b2", "scale")
     before = sum(_inits(model)[n].size for n in hidden)
@@ -472,6 +481,20 @@ def test_quantized_and_weightless_graphs_are_refused() -> None:
     )
     with pytest.raises(UnsupportedFormatError, match="already quantized"):
         prune_structured_onnx(_handle(qdq, [InputSpec(name="x", shape=[None, 16])]), 0.5)
+    old_style = _graph_model(
+        [
+            helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            helper.make_node("Relu", ["h"], ["a"], name="act"),
+            helper.make_node("MatMul", ["a", "w2"], ["y"], name="fc2"),
+        ],
+        [_init("w1", 16, 32), _init("w2", 32, 4)],
+        ["batch", 16],
+        ["batch", 4],
+    )
+    for t in old_style.graph.initializer:  # IR version 3: every initializer is also a graph input
+        old_style.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    with pytest.raises(InvalidArgumentError, match="also graph inputs"):
+        prune_structured_onnx(_handle(old_style, [InputSpec(name="x", shape=[None, 16])]), 0.5)
     plain = _graph_model([helper.make_node("Relu", ["x"], ["y"])], [], ["batch", 16], ["batch", 16])
     with pytest.raises(InvalidArgumentError, match="no MatMul/Gemm/Conv"):
         prune_structured_onnx(_handle(plain, [InputSpec(name="x", shape=[None, 16])]), 0.5)
@@ -481,3 +504,31 @@ def test_amount_too_small_for_a_whole_channel(torch_mlp: Any) -> None:
     handle = _handle(torch_mlp, [InputSpec(name="obs", shape=[None, 32])])
     with pytest.raises(InvalidArgumentError, match="removes no whole channel"):
         prune_structured_onnx(handle, 0.001, scope="per_layer")
+
+
+# --------------------------------------------------------------------------------------------------
+# through the tool: prune(), the registry, then the planner's next steps (quantize, inspect)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_prune_dispatches_onnx_handles_and_the_result_quantizes(torch_mlp: Any) -> None:
+    from tools.profile import inspect_model
+    from tools.pruning import prune
+    from tools.quantization import quantize
+    from tools.registry import run_tool
+    from tools.runtime import forward
+
+    handle = _handle(torch_mlp, [InputSpec(name="obs", shape=[None, 32])])
+    pruned = prune(handle, "structured", 0.5, exclude=["0"])
+    assert pruned.runtime == "onnx" and pruned.format == "onnx" and handle.recipe == []
+    step = pruned.recipe[-1]
+    assert step["method"] == "structured" and step["exclude"] == ["0"]
+    assert step["result"]["engine"] == "onnx_channel_groups" and step["result"]["pruned_groups"] == 1
+    assert step["result"]["params_after"] < step["result"]["params_before"]
+    same = run_tool("prune", handle, {"method": "structured", "amount": 0.5, "exclude": ["0"]})
+    assert same.recipe[-1]["result"]["params_after"] == step["result"]["params_after"]
+    profile = inspect_model(pruned)
+    assert profile.total_parameters == step["result"]["params_after"]
+    x = {"obs": RNG.standard_normal((4, 32)).astype(np.float32)}
+    quantized = quantize(pruned, "dynamic_int8")
+    np.testing.assert_allclose(forward(quantized, x), forward(pruned, x), atol=0.05)
