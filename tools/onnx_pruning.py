@@ -248,6 +248,24 @@ class _Index:
             return _constant_value(node)
         return None
 
+    def meta(self, name: str) -> tuple[tuple[int, ...], str] | None:
+        """(shape, dtype kind) of a constant tensor without reading an initializer's data, else None."""
+        if not name or name in self.graph_inputs:
+            return None
+        if name in self.inits:
+            from onnx import helper
+
+            tensor = self.inits[name]
+            kind = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).kind
+            return tuple(int(d) for d in tensor.dims), kind
+        idx = self.producer.get(name)
+        if idx is None or self.nodes[idx].op_type not in ("Identity", "Constant"):
+            return None
+        if self.nodes[idx].op_type == "Identity":
+            return self.meta(self.nodes[idx].input[0])
+        value = _constant_value(self.nodes[idx])
+        return None if value is None else (tuple(value.shape), value.dtype.kind)
+
     def own_weight(self, idx: int, pos: int) -> tuple[str | None, str]:
         """(initializer name, "") when input `pos` of node `idx` is a float initializer only it reads."""
         node = self.nodes[idx]
@@ -256,7 +274,8 @@ class _Index:
             return None, f"{_label(node)} has no weight input"
         if name not in self.inits or name in self.graph_inputs:
             return None, f"the weight of {_label(node)} is not a constant initializer"
-        if self.init_array(name).dtype.kind != "f":
+        meta = self.meta(name)
+        if meta is None or meta[1] != "f":
             return None, f"the weight of {_label(node)} is not floating point (quantized?)"
         if len(self.readers[name]) != 1 or name in self.inner or name in self.graph_outputs:
             return None, f"the weight '{name}' of {_label(node)} is shared with other nodes"
@@ -437,20 +456,21 @@ def _find_groups(index: _Index, couple_residuals: bool) -> tuple[list[_Group], d
 def _producer_spec(index: _Index, idx: int) -> tuple[int, int, int, int | None] | None:
     """(weight input, its output-channel axis, channels, bias input) of a weight layer, else None."""
     node = index.nodes[idx]
-    weight = index.const(node.input[1]) if len(node.input) > 1 else None
-    if weight is None or weight.dtype.kind != "f":
+    meta = index.meta(node.input[1]) if len(node.input) > 1 else None
+    if meta is None or meta[1] != "f":
         return None
+    shape = meta[0]
     bias = 2 if len(node.input) > 2 and node.input[2] else None
     if node.op_type == "MatMul":
-        return (1, 1, int(weight.shape[1]), None) if weight.ndim == 2 else None
+        return (1, 1, shape[1], None) if len(shape) == 2 else None
     if node.op_type == "Gemm":
-        if weight.ndim != 2:
+        if len(shape) != 2:
             return None
         axis = 0 if _attr(node, "transB", 0) else 1
-        return 1, axis, int(weight.shape[axis]), bias
-    if weight.ndim < 3 or int(_attr(node, "group", 1)) != 1:
+        return 1, axis, shape[axis], bias
+    if len(shape) < 3 or int(_attr(node, "group", 1)) != 1:
         return None  # grouped / depthwise convolutions follow their input's channels (see _depthwise)
-    return 1, 0, int(weight.shape[0]), bias
+    return 1, 0, shape[0], bias
 
 
 class _Grower:
@@ -480,7 +500,7 @@ class _Grower:
             if not have.agrees(info) and not info.agrees(have):
                 raise _Refused(f"'{name}' is reached with two different channel layouts")
             return
-        if self.index.const(name) is not None:
+        if self.index.meta(name) is not None:
             raise _Refused(f"'{name}' is a constant where the group's channels were expected")
         self.group.tensors[name] = info
         self.queue.append(name)
@@ -530,17 +550,19 @@ class _Grower:
         self.group.score_out.append(cut)
         out = node.output[0]
         if node.op_type == "Conv":
-            info = _Info.make(1, index.rank(out) or index.init_array(node.input[wpos]).ndim)
+            info = _Info.make(1, index.rank(out) or len(index.inits[node.input[wpos]].dims))
         else:
             info = _Info.make(-1, 2 if node.op_type == "Gemm" else index.rank(out))
         if bias is not None:
-            value = index.const(node.input[bias])
+            value = index.meta(node.input[bias])
             if value is None:
                 raise _Refused(f"the bias of {_label(node)} is not constant")
-            if node.op_type == "Conv":
+            if node.op_type != "Conv":
+                self._const_cut(idx, bias, value[0], _Info.make(-1, 2))
+            elif value[0] == (channels,):
                 self.group.cuts.append(_Cut(idx, bias, 0))
             else:
-                self._const_cut(idx, bias, value, _Info.make(-1, 2))
+                raise _Refused(f"the bias of {_label(node)} has shape {list(value[0])}")
         self._add_tensor(out, info)
 
     def _try_producer(self, idx: int, info: _Info) -> bool:
@@ -555,24 +577,24 @@ class _Grower:
         index, node = self.index, self.index.nodes[idx]
         if node.op_type not in PRODUCER_OPS or pos != 0 or len(node.input) < 2:
             return False
-        weight = index.const(node.input[1])
-        if weight is None or weight.dtype.kind != "f":
+        meta = index.meta(node.input[1])
+        if meta is None or meta[1] != "f":
             return False
-        width = self.group.channels * info.block
+        shape, width = meta[0], self.group.channels * info.block
         if node.op_type == "MatMul":
-            if info.axis != -1 or weight.ndim != 2:
+            if info.axis != -1 or len(shape) != 2:
                 return False
             axis = 0
         elif node.op_type == "Gemm":
-            if info.axis != -1 or weight.ndim != 2 or _attr(node, "transA", 0):
+            if info.axis != -1 or len(shape) != 2 or _attr(node, "transA", 0):
                 return False
             axis = 1 if _attr(node, "transB", 0) else 0
         else:
-            if not info.first or info.block != 1 or int(_attr(node, "group", 1)) != 1 or weight.ndim < 3:
+            if not info.first or info.block != 1 or int(_attr(node, "group", 1)) != 1 or len(shape) < 3:
                 return False
             axis = 1
-        if weight.shape[axis] != width:
-            raise _Refused(f"{_label(node)} takes {weight.shape[axis]} inputs, the group has {width}")
+        if shape[axis] != width:
+            raise _Refused(f"{_label(node)} takes {shape[axis]} inputs, the group has {width}")
         _, why = index.own_weight(idx, 1)
         if why:
             raise _Refused(why)
@@ -598,11 +620,11 @@ class _Grower:
             return False  # a second output in use (Dropout / MaxPool / BatchNormalization statistics)
         data: list[int]
         if op in _UNARY:
-            if pos not in (None, 0) or index.const(node.input[0]) is not None:
+            if pos not in (None, 0) or index.meta(node.input[0]) is not None:
                 return False
             data = [0]
         elif op in _ELEMENTWISE:
-            data = [i for i, name in enumerate(node.input) if name and index.const(name) is None]
+            data = [i for i, name in enumerate(node.input) if name and index.meta(name) is None]
         elif op == "BatchNormalization" or op in _POOLS:
             if pos not in (None, 0) or not known.first or known.block != 1:
                 return False
@@ -621,23 +643,23 @@ class _Grower:
             inputs[i] = _Info.make(known.axis, rank if rank is not None else info.rank, known.block)
         if info.axis == 1 and (info.rank is None or any(v.rank != info.rank for v in inputs.values())):
             raise _Refused(f"{_label(node)} broadcasts its inputs across the channel axis")
-        constants = {}
+        constants: dict[int, tuple[int, ...]] = {}
         for i, name in enumerate(node.input):
             if name and i not in data:
-                value = index.const(name)
-                if value is None:
+                meta = index.meta(name)
+                if meta is None:
                     raise _Refused(f"input {i} of {_label(node)} is neither constant nor of the group")
-                constants[i] = value
+                constants[i] = meta[0]
         self.roles[idx].add("through")
         self.group.passthrough.append(idx)
-        for i, value in constants.items():
+        for i, shape in constants.items():
             if op != "BatchNormalization":
-                self._const_cut(idx, i, value, info)
-            elif value.shape == (self.group.channels,):
+                self._const_cut(idx, i, shape, info)
+            elif shape == (self.group.channels,):
                 self.group.cuts.append(_Cut(idx, i, 0))
             else:
                 raise _Refused(
-                    f"{_label(node)} has {value.shape} parameters, the group {self.group.channels}"
+                    f"{_label(node)} has {list(shape)} parameters, the group {self.group.channels}"
                 )
         if op == "BatchNormalization":
             self.group.batch_norms.append(idx)
@@ -646,11 +668,10 @@ class _Grower:
         self._add_tensor(out, info)
         return True
 
-    def _const_cut(self, idx: int, pos: int, value: np.ndarray, info: _Info) -> None:
+    def _const_cut(self, idx: int, pos: int, shape: tuple[int, ...], info: _Info) -> None:
         """Check that a constant operand broadcasts channel-wise; slice it when it holds every channel."""
         node = self.index.nodes[idx]
         width = self.group.channels * info.block
-        shape = value.shape
         if info.axis == -1:
             if not shape or shape[-1] == 1:
                 return
@@ -671,14 +692,14 @@ class _Grower:
     def _depthwise(self, idx: int, pos: int | None, known: _Info) -> bool:
         index, node = self.index, self.index.nodes[idx]
         channels = self.group.channels
-        weight = index.const(node.input[1]) if len(node.input) > 1 else None
+        weight = index.meta(node.input[1]) if len(node.input) > 1 else None
         if (
             pos != 0
             or not known.first
             or known.block != 1
             or weight is None
             or int(_attr(node, "group", 1)) != channels
-            or weight.shape[:2] != (channels, 1)
+            or weight[0][:2] != (channels, 1)
         ):
             return False
         _, why = index.own_weight(idx, 1)
@@ -689,8 +710,9 @@ class _Grower:
         self.group.depthwise.append(idx)
         self.group.cuts.append(_Cut(idx, 1, 0))
         if len(node.input) > 2 and node.input[2]:
-            if index.const(node.input[2]) is None:
-                raise _Refused(f"the bias of {_label(node)} is not constant")
+            bias = index.meta(node.input[2])
+            if bias is None or bias[0] != (channels,):
+                raise _Refused(f"the bias of {_label(node)} is not a constant of {channels} channels")
             self.group.cuts.append(_Cut(idx, 2, 0))
         out = node.output[0]
         self._add_tensor(out, _Info.make(1, index.rank(out) or known.rank))
