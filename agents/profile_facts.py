@@ -19,6 +19,18 @@ class ProfileFacts:
     layer_params: dict[str, int] = field(default_factory=dict)
     blocks: list[str] = field(default_factory=list)  # top-level block names
     size_bytes: int = 0
+    runtime: str = ""
+    format: str = ""
+    has_inputs: bool = False  # an input signature is known (calibration and evaluation can synthesize data)
+    # Bytes of float weight matrices (2-D or more) by the op (ONNX) or module type (torch) that reads them:
+    # what each quantization method can shrink.
+    weight_bytes: dict[str, int] = field(default_factory=dict)
+    float_bytes: int = 0  # bytes of every float tensor (what fp16 halves)
+    # ONNX MatMul weights by input width (K): MatMulNBits needs K of at least a block.
+    matmul_widths: list[int] = field(default_factory=list)
+
+    def bytes_of(self, *kinds: str) -> int:
+        return sum(v for k, v in self.weight_bytes.items() if k in kinds)
 
 
 def _names(items: Any) -> list[str]:
@@ -81,7 +93,30 @@ def profile_facts(profile: dict[str, Any]) -> ProfileFacts:
             if isinstance(item, dict) and (item.get("name") or item.get("qualified_name")):
                 n = item.get("params", item.get("parameters", 0)) or 0
                 layer_params[str(item.get("name") or item.get("qualified_name"))] = int(n)
+    weight_bytes: dict[str, int] = {}
+    float_bytes = 0
+    widths: list[int] = []
+    for item in profile.get("layers") or []:
+        if not isinstance(item, dict):
+            continue
+        dtype = str(item.get("dtype") or "")
+        nbytes = int(item.get("bytes") or 0)
+        if not dtype.startswith(("float", "bfloat")):
+            continue
+        float_bytes += nbytes
+        shape = [int(d) for d in item.get("shape") or []]
+        if len(shape) >= 2:
+            kind = str(item.get("type") or "")
+            weight_bytes[kind] = weight_bytes.get(kind, 0) + nbytes
+            if kind == "MatMul":
+                widths.append(shape[-2] if len(shape) >= 2 else shape[0])
     return ProfileFacts(
+        runtime=str(profile.get("runtime") or ""),
+        format=str(profile.get("format") or ""),
+        has_inputs=bool(profile.get("inputs")),
+        weight_bytes=weight_bytes,
+        float_bytes=float_bytes,
+        matmul_widths=widths,
         total_params=total,
         linear_fraction=frac(("Linear", "MatMul", "Gemm")),
         conv_fraction=frac(("Conv",)),

@@ -5,9 +5,18 @@ where it stopped):
 
 1. Quantize, cheapest high-yield method first for this model and device (dynamic int8 for a
    Linear-heavy model on a CPU; fp16/bf16 then int8/int4 weight-only on a GPU; 4-bit first when
-   the user asked for it). When a method costs too much accuracy, fall back per layer: keep the
-   most sensitive layer (the output head, then the input layer, then the smallest) in floating
-   point and retry, up to `MAX_FALLBACKS` times, before moving to the next method.
+   the user asked for it). ONNX models (and 4-bit for torch models on a CPU, through ONNX Runtime)
+   are ordered by the size each method is expected to reach, computed from the profile's weight
+   bytes per op: the methods that reach the size target come first, the least lossy of them first
+   (per-channel int8 with the embedding tables, then static int8, then 4-bit blocks), then the rest
+   by expected size; fp16 comes last on a CPU (it only halves the size and runs no faster), and a
+   method that has nothing to shrink in this model (4-bit on a convolutional network) is never
+   proposed. When a method costs too much accuracy, fall back per layer: on ONNX Runtime, with
+   mixed precision chosen by measured sensitivity (the tool keeps the layers that cost the most
+   accuracy per byte at higher precision until the floor is met), when the time budget allows
+   it; otherwise keep the most sensitive layer by position (the output head, then the input
+   layer, then the smallest) in floating point and retry, up to `MAX_FALLBACKS` times, before
+   moving to the next method.
 2. When the size target is still not reached and pruning is allowed: bisection on the pruning
    amount against the accuracy floor, starting at the amount the size target needs; each
    candidate prunes the last floating-point version and re-applies the accepted quantization.
@@ -50,6 +59,16 @@ _BITS = {
 }
 _GPU_ONLY = {"weight_only_int4", "bnb_int8", "bnb_nf4"}
 _CPU_ONLY = {"dynamic_int8", "static_int8"}
+# ONNX Runtime methods and how much each may lose, least first (fp16 runs no faster on a CPU: last).
+_ORT_METHODS = ("dynamic_int8", "static_int8", "weight_only_int4", "fp16")
+_ORT_INT4_BITS = 4.0 + 32.0 / 32  # 4-bit values and one float32 scale per block of 32
+USEFUL_RATIO = 0.97  # a method expected to leave more than this of the size has nothing to shrink here
+REACH_SLACK = 0.005  # expected sizes this close to the target count as reaching it
+MIXED_MARGIN = 0.002  # the mixed-precision search aims this far above the floor
+MIXED_MAX_GROUPS = 16  # tools.sensitivity.MAX_GROUPS
+_LINEAR_KINDS = ("MatMul", "Gemm", "Linear")
+_EMBEDDING_KINDS = ("Gather", "Embedding")
+_CONV_KINDS = ("Conv", "Conv1d", "Conv2d", "Conv3d")
 
 
 class RulesPlanner:
@@ -98,14 +117,7 @@ def ranked_quant_methods(view: PlannerView, facts: ProfileFacts) -> list[tuple[s
     preset = view.criteria.criteria_name
     order: list[tuple[str, str]] = []
     if view.runtime == "onnx":
-        order = [
-            (
-                "dynamic_int8",
-                "ONNX Runtime dynamic int8 quantizes MatMul/Gemm weights 4x smaller with no data",
-            ),
-            ("static_int8", "static int8 with calibration also quantizes activations"),
-            ("fp16", "fp16 halves every initializer"),
-        ]
+        order = _ort_order(view, facts, _ORT_METHODS)
     elif gpu:
         half = "bf16" if preset != "accuracy_first" else "fp16"
         int4 = [
@@ -145,6 +157,14 @@ def ranked_quant_methods(view: PlannerView, facts: ProfileFacts) -> list[tuple[s
             order = [dyn, wo8, static, half]
         else:
             order = [dyn, static, wo8, half]
+        # 4-bit on a CPU: MatMulNBits through ONNX Runtime (the tool exports the model first).
+        int4 = _ort_order(view, facts, ("weight_only_int4",))
+        if int4:
+            int8_reaches = _reaches(view, expected_ratio(facts, "dynamic_int8"))
+            if view.instructions.prefer_bits == 4 or preset == "max_compression" or not int8_reaches:
+                order = int4 + order
+            else:
+                order = order + int4
         if view.instructions.prefer_bits == 16 or preset == "accuracy_first":
             order = [half] + [o for o in order if o[0] != "fp16"]
     out = []
@@ -153,13 +173,108 @@ def ranked_quant_methods(view: PlannerView, facts: ProfileFacts) -> list[tuple[s
             continue
         if gpu and method in _CPU_ONLY and view.runtime != "onnx":
             continue
-        if not gpu and method in _GPU_ONLY:
+        if not gpu and method in _GPU_ONLY and not (method == "weight_only_int4" and _ort_path(view, method)):
             continue
         if "quantization" not in allowed and not ("half_precision" in allowed and method in ("fp16", "bf16")):
             continue
         if view.instructions.prefer_bits == 8 and _BITS.get(method) == 16 and preset != "accuracy_first":
             continue
         out.append((method, why))
+    return out
+
+
+def expected_ratio(facts: ProfileFacts, method: str) -> float | None:
+    """The size an ONNX Runtime method is expected to leave, as a fraction of the current size.
+
+    From the profile's float weight bytes by the op that reads them: int8 stores MatMul/Gemm weights and
+    embedding tables (static int8: convolutions too) in a quarter; 4-bit blocks in 5/32 (a float32 scale
+    per 32 weights); fp16 halves every float tensor. None when the profile holds no byte counts.
+    """
+    total = facts.size_bytes or facts.float_bytes
+    if total <= 0 or not facts.weight_bytes:
+        if total <= 0 or not facts.linear_fraction:
+            return None
+        # Parameter fractions only (no byte counts): the Linear share shrinks.
+        share = {"weight_only_int4": 1 - _ORT_INT4_BITS / 32, "fp16": 0.5}.get(method, 0.75)
+        covered = 1.0 if method == "fp16" else facts.linear_fraction
+        return 1.0 - share * covered
+    linear = facts.bytes_of(*_LINEAR_KINDS)
+    embedding = facts.bytes_of(*_EMBEDDING_KINDS)
+    conv = facts.bytes_of(*_CONV_KINDS)
+    saved = {
+        "dynamic_int8": 0.75 * (linear + embedding),
+        "static_int8": 0.75 * (linear + embedding + conv),
+        "weight_only_int4": (1 - _ORT_INT4_BITS / 32) * (linear + embedding),
+        "fp16": 0.5 * facts.float_bytes,
+    }.get(method)
+    if saved is None:
+        return None
+    return max(0.0, 1.0 - saved / total)
+
+
+def _reaches(view: PlannerView, ratio: float | None) -> bool:
+    target = 1.0 - view.criteria.size_target_percent / 100.0
+    return ratio is not None and ratio <= target + REACH_SLACK
+
+
+def _ort_path(view: PlannerView, method: str) -> bool:
+    """Whether `method` runs on ONNX Runtime here (an ONNX model, or a torch model exported by the tool)."""
+    if view.runtime == "onnx":
+        return method in _ORT_METHODS
+    return method == "weight_only_int4" and not view.device.startswith("cuda")
+
+
+def _quant_args(view: PlannerView, method: str) -> dict[str, Any]:
+    """A quantize call's arguments for `method` (4-bit for a torch model on a CPU goes through ONNX)."""
+    args: dict[str, Any] = {"method": method}
+    if view.runtime != "onnx" and method == "weight_only_int4" and _ort_path(view, method):
+        args["backend"] = "onnxruntime"
+    return args
+
+
+def _ort_order(view: PlannerView, facts: ProfileFacts, methods: tuple[str, ...]) -> list[tuple[str, str]]:
+    """ONNX Runtime methods in the order to try them: those expected to reach the size target first,
+    least lossy first, then the others by expected size; none that would shrink nothing or cannot run."""
+    preset = view.criteria.criteria_name
+    target = view.criteria.size_target_percent
+    why = {
+        "dynamic_int8": "per-channel int8 MatMul weights and int8 embedding tables, activations quantized at "
+        "run time (ONNX Runtime dynamic int8, no data needed)",
+        "static_int8": "int8 weights and calibrated int8 activations, convolutions included (ONNX Runtime "
+        "QDQ)",
+        "weight_only_int4": "4-bit block-wise MatMul weights (MatMulNBits) and 4-bit embedding tables",
+        "fp16": "fp16 halves every float tensor (float32 kept where fp16 would overflow)",
+    }
+    cands: list[tuple[str, float]] = []
+    for method in methods:
+        ratio = expected_ratio(facts, method)
+        if ratio is None:
+            if view.runtime != "onnx":
+                continue
+            ratio = {"weight_only_int4": 0.2, "fp16": 0.5}.get(method, 0.3)
+        if ratio > USEFUL_RATIO:
+            continue  # nothing this method quantizes holds the model's bytes
+        if method == "static_int8" and view.runtime == "onnx" and not facts.has_inputs:
+            continue  # calibration needs inputs; the profile knows no signature
+        cands.append((method, ratio))
+    rank = {m: i for i, m in enumerate(_ORT_METHODS)}
+    if view.instructions.prefer_bits == 4 or preset == "max_compression":
+        rank["weight_only_int4"] = -1
+    reach = sorted((c for c in cands if _reaches(view, c[1])), key=lambda c: rank[c[0]])
+    rest = sorted((c for c in cands if not _reaches(view, c[1])), key=lambda c: (c[1], rank[c[0]]))
+    ordered = reach + rest
+    if view.instructions.prefer_bits == 16 or preset == "accuracy_first":
+        ordered = [c for c in ordered if c[0] == "fp16"] + [c for c in ordered if c[0] != "fp16"]
+    out = []
+    for method, ratio in ordered:
+        reached = "reaching" if _reaches(view, ratio) else "short of"
+        out.append(
+            (
+                method,
+                f"{why[method]}: expected at about {100 * ratio:.0f}% of the size, {reached} the "
+                f"{target:.0f}% reduction target",
+            )
+        )
     return out
 
 
@@ -212,7 +327,7 @@ def _quantization_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
         if not mine:
             return Action(
                 kind="tool",
-                calls=[ToolCall(tool="quantize", arguments={"method": method})],
+                calls=[ToolCall(tool="quantize", arguments=_quant_args(view, method))],
                 reasoning=f"{why}. Trying {method} on {base}.",
                 strategy="quantize",
                 meta={"method": method},
@@ -220,6 +335,10 @@ def _quantization_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
         last = mine[-1]
         if last.status == "failed" or last.status == "accepted":
             continue  # unavailable here, or accepted then rolled back by the user
+        if last.meets is False and _mixed_fits(view, facts, method, mine):
+            return _mixed_action(view, method, mine[0], base, "quantize_mixed")
+        if any(t.strategy == "quantize_mixed" for t in mine):
+            continue  # the measured mix was the per-layer fallback; guessing layers now would do no better
         if last.meets is False and len(mine) <= MAX_FALLBACKS:
             excluded = list(last.meta.get("fallback_exclude", []))
             candidates = [n for n in _sensitivity_order(facts, excluded + view.instructions.exclude_quantize)]
@@ -228,7 +347,9 @@ def _quantization_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
                 exclude = excluded + [layer]
                 return Action(
                     kind="tool",
-                    calls=[ToolCall(tool="quantize", arguments={"method": method, "exclude": exclude})],
+                    calls=[
+                        ToolCall(tool="quantize", arguments={**_quant_args(view, method), "exclude": exclude})
+                    ],
                     reasoning=(
                         f"{method} cost too much accuracy ({100 * _retained(last):.2f}% retained, floor "
                         f"{100 * view.criteria.accuracy_floor:.1f}%). Per-layer fallback: keeping '{layer}' in "  # noqa: E501
@@ -240,6 +361,40 @@ def _quantization_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
     return None
 
 
+def _mixed_fits(view: PlannerView, facts: ProfileFacts, method: str, mine: list[TrialRecord]) -> bool:
+    """Whether the measured mixed-precision fallback applies: ONNX Runtime, not tried yet, and its rounds
+    (one quantize-and-evaluate per layer group, then a bisection) fit in what is left of the time budget."""
+    if not _ort_path(view, method) or method == "fp16":
+        return False
+    if any(t.strategy in ("quantize_mixed", "quantize_lower_bits_mixed") for t in mine):
+        return False
+    layers = len(facts.quantizable) or MIXED_MAX_GROUPS
+    groups = min(layers, MIXED_MAX_GROUPS)
+    rounds = groups + max(1, groups.bit_length()) + 1
+    per_round = max((t.duration_s for t in mine), default=0.0)
+    spent = sum(t.duration_s for t in view.trials)
+    budget = view.criteria.time_budget_s or 900.0
+    return spent + rounds * per_round <= budget
+
+
+def _mixed_action(view: PlannerView, method: str, plain: TrialRecord, base: str, strategy: str) -> Action:
+    target = round(min(1.0, view.criteria.accuracy_floor + MIXED_MARGIN), 4)
+    args = {**_quant_args(view, method), "accuracy_target": target}
+    return Action(
+        kind="tool",
+        calls=[ToolCall(tool="quantize", arguments=args)],
+        base_version=base,
+        reasoning=(
+            f"{method} cost too much accuracy ({100 * _retained(plain):.2f}% retained, floor "
+            f"{100 * view.criteria.accuracy_floor:.1f}%). Mixed precision by measured sensitivity: the tool "
+            "quantizes one layer group at a time, ranks the groups by the accuracy they cost per byte they "
+            f"save, and keeps the costliest at higher precision until {100 * target:.1f}% is retained."
+        ),
+        strategy=strategy,
+        meta={"method": method, "accuracy_target": target},
+    )
+
+
 def _bit_escalation_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
     """Quantized already but short of the size target: try a lower-bit method on the float base."""
     rec = view.current_record
@@ -248,16 +403,24 @@ def _bit_escalation_step(view: PlannerView, facts: ProfileFacts) -> Action | Non
     current_method = next(c.arguments.get("method") for c in rec.recipe if c.tool == "quantize")
     current_bits = _BITS.get(str(current_method), 8)
     base = _float_base(view)
-    tried_methods = {
-        str((_quant_call(t) or ToolCall(tool="")).arguments.get("method"))
-        for t in _trials_on(view, base, "quantize")
-    }
+    on_base = _trials_on(view, base, "quantize")
+    tried_methods = {str((_quant_call(t) or ToolCall(tool="")).arguments.get("method")) for t in on_base}
+    prune_calls = [c for c in rec.recipe if c.tool == "prune"]
+    for method, _why in ranked_quant_methods(view, facts):
+        mine = [t for t in on_base if (_quant_call(t) or ToolCall(tool="")).arguments.get("method") == method]
+        if (
+            not prune_calls
+            and _BITS.get(method, 16) < current_bits
+            and mine
+            and mine[-1].meets is False
+            and _mixed_fits(view, facts, method, mine)
+        ):
+            return _mixed_action(view, method, mine[0], base, "quantize_lower_bits_mixed")
     for method, why in ranked_quant_methods(view, facts):
         if _BITS.get(method, 16) < current_bits and method not in tried_methods:
-            prune_calls = [c for c in rec.recipe if c.tool == "prune"]
             return Action(
                 kind="tool",
-                calls=[*prune_calls, ToolCall(tool="quantize", arguments={"method": method})],
+                calls=[*prune_calls, ToolCall(tool="quantize", arguments=_quant_args(view, method))],
                 base_version=base if not prune_calls else _root_float(view),
                 reasoning=(
                     f"{current_method} left the model {size_reduction_percent(view.baseline, view.current):.1f}% "  # noqa: E501
@@ -472,7 +635,7 @@ def _requant_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
             continue
         if _BITS.get(method, 16) > _BITS.get(current, 16):
             continue
-        args: dict[str, Any] = {"method": method}
+        args: dict[str, Any] = _quant_args(view, method)
         if quant[-1].arguments.get("exclude"):
             args["exclude"] = list(quant[-1].arguments["exclude"])
         calls = [*prune_calls, ToolCall(tool="quantize", arguments=args)]
