@@ -29,9 +29,9 @@ whose shortcut is a projection conv): off by default, since it thins many layers
 
 Importance of a channel: the L2 norm of the producers' output-channel weights (folded with the scale
 of any BatchNormalization in the group), with `consumer_importance=True` together with the consumers'
-input rows (the torch path's width-group score). `amount` is the
-fraction of the prunable channels removed, ranked per group (`per_layer`) or across groups (`global`,
-scores normalised by the group mean; no group thinner than 10% of its channels unless amount > 0.9).
+input rows (the torch path's width-group score). `amount` is the fraction of the prunable channels
+removed, ranked per group (`per_layer`) or across groups (`global`, scores normalised by the group
+mean; no group thinner than 10% of its channels unless amount > 0.9).
 `include` / `exclude` patterns select groups by their producers: the node name, weight initializer,
 torch module path (see `tools.onnx_quantization.onnx_module_path`), or the group's module
 (`lm.model.layers.0.mlp`); consumers' inputs shrink with the channels their producers lose.
