@@ -74,7 +74,8 @@ class QuantizeArgs(_Args):
         default=None,
         description="Omit to keep the model's runtime. 'onnxruntime' exports a torch model to ONNX and "
         "quantizes it there (dynamic_int8, static_int8, weight_only_int4, fp16): usually the fastest on CPU, "
-        "but the result is an ONNX model that structured pruning can no longer change.",
+        "but the result is an ONNX model, on which structured pruning removes MLP hidden and conv channels "
+        "only (no attention heads).",
     )
     block_size: Literal[32, 64, 128] | None = Field(
         default=None,

@@ -8,6 +8,8 @@
   so every coupled layer is resized (the parameter count and latency really drop), and whole
   attention heads of the registry's `Attention` modules (rows of q/k/v, columns of o). The
   network's output layer and its input dimensions are never pruned; residual-stream widths are kept.
+  On ONNX graphs (tools.onnx_pruning): MLP hidden and conv channel groups, with their consumers'
+  input rows; attention, residual widths and norms are never touched.
 - `semi_structured_2_4`: keeps the 2 largest of every 4 consecutive input weights of each Linear and
   stores them as `torch.sparse` semi-structured tensors (CUTLASS / cuSPARSELt kernels): CUDA only,
   fp16/bf16 weights.
@@ -119,7 +121,7 @@ def _torch_only(handle: ModelHandle, method: str) -> None:
     if handle.runtime != "torch":
         raise UnsupportedFormatError(
             f"'{method}' pruning needs a PyTorch model; this one is {handle.format}. "
-            "Use 'magnitude' for ONNX graphs, or upload the PyTorch weights."
+            "Use 'magnitude' or 'structured' for ONNX graphs, or upload the PyTorch weights."
         )
 
 

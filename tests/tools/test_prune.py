@@ -168,7 +168,7 @@ def test_bad_arguments_raise_typed_errors(model_files: dict[str, Path]) -> None:
     proto = onnx.load(str(model_files["mlp_onnx"]))
     onnx_handle = ModelHandle(runtime="onnx", format="onnx", model=proto, inputs=handle.inputs)
     with pytest.raises(UnsupportedFormatError):
-        prune(onnx_handle, "structured", 0.5)
+        prune(onnx_handle, "semi_structured_2_4", 0.5)
 
 
 def test_structured_registry_model_exports_and_loads_back(tmp_path: Path) -> None:
