@@ -50,6 +50,11 @@ class ModelProfile(BaseModel):
     flops: int | None = Field(description="Floating point operations of one forward pass at batch 1.")
     quantizable_layers: list[str]
     prunable_layers: list[str]
+    structured_prunable_layers: list[str] | None = Field(
+        None,
+        description="ONNX graphs: the layers whose output channels structured pruning can remove (MLP "
+        "hidden and conv channel groups); empty when none can; None for torch models (every Linear/Conv).",
+    )
     zero_fraction: float = Field(description="Fraction of weight values that are exactly zero.")
     size_bytes: int = Field(description="Bytes of the model in its natural format (see tools.exporting).")
     layers: list[LayerInfo] = Field(default_factory=list)
@@ -62,8 +67,10 @@ def inspect_model(handle: ModelHandle) -> ModelProfile:
     if not isinstance(handle, ModelHandle):
         raise InvalidArgumentError(f"inspect_model needs a model handle, got {type(handle).__name__}")
     check_arguments("inspect_model")
+    structured: list[str] | None = None
     if handle.runtime == "onnx":
         layers, quantizable, prunable, zeros, flops, notes = _onnx_layers(handle)
+        structured = _onnx_structured_layers(handle, notes)
     else:
         layers, quantizable, prunable, zeros, flops, notes = _torch_layers(handle)
     by_type: dict[str, int] = defaultdict(int)
@@ -93,6 +100,7 @@ def inspect_model(handle: ModelHandle) -> ModelProfile:
         flops=flops,
         quantizable_layers=quantizable,
         prunable_layers=prunable,
+        structured_prunable_layers=structured,
         zero_fraction=zeros,
         size_bytes=serialized_size(handle),
         layers=layers,
@@ -277,6 +285,23 @@ def _onnx_layers(
     notes: list[str] = []
     flops = _onnx_flops(handle.model, notes)
     return layers, quantizable, prunable, zeros / total_weights if total_weights else 0.0, flops, notes
+
+
+def _onnx_structured_layers(handle: ModelHandle, notes: list[str]) -> list[str]:
+    """Producers of the channel groups tools.onnx_pruning can remove (reads no weight data)."""
+    from tools.onnx_pruning import onnx_channel_groups
+
+    try:
+        groups = onnx_channel_groups(handle.model)["groups"]
+    except Exception as exc:  # noqa: BLE001 - a graph the analysis does not follow: no structured pruning
+        notes.append(f"structured pruning: channel groups not analysed ({str(exc)[:120]})")
+        return []
+    if not groups:
+        notes.append(
+            "structured pruning: no prunable channel group (outputs, residual streams, norms, attention "
+            "reshapes); only magnitude pruning applies"
+        )
+    return list(dict.fromkeys(p for g in groups for p in g["producers"]))
 
 
 def _onnx_flops(model: Any, notes: list[str]) -> int | None:

@@ -78,3 +78,17 @@ def test_zero_fraction_sees_pruned_weights() -> None:
     )
     assert abs(profile.zero_fraction - expected) < 1e-6
     assert abs(inspect_model(_onnx(handle)).zero_fraction - expected) < 1e-6
+
+
+def test_onnx_profile_names_the_structured_prunable_layers(tmp_path) -> None:
+    """Only a transformer's FFN up-projections have channels structured pruning may remove."""
+    from evals.zoo import export_zoo
+    from tools.loading import load_model
+    from tools.profile import inspect_model
+
+    profile = inspect_model(load_model(export_zoo("bert", "onnx", tmp_path)))
+    assert profile.structured_prunable_layers == [
+        "encoder.encoder.layer.0.intermediate.dense",
+        "encoder.encoder.layer.1.intermediate.dense",
+    ]
+    assert len(profile.prunable_layers) > len(profile.structured_prunable_layers)
