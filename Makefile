@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve demo test lint eval-smoke bench-upload bench-status gpu-check clean
+.PHONY: install serve demo test lint eval-smoke bench-upload bench-status bench-libraries gpu-check clean
 
 install: $(STAMP)
 
@@ -36,6 +36,9 @@ bench-upload: install
 
 bench-status: install
 	$(BIN)/python bench/status_polling.py
+
+bench-libraries: install
+	$(BIN)/python bench/vs_libraries.py
 
 gpu-check: install
 	$(BIN)/python scripts/gpu_check.py
