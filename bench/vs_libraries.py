@@ -19,7 +19,7 @@ ONNX), side by side, in one run:
 
 Every result is measured the same way: size (bytes, % of the fp32 ONNX file), p50 latency at batch 1 on
 the CPU (one intra-op thread for ONNX Runtime and torch alike, warm-up excluded), and fidelity on the same
-64 held-out realistic inputs: cosine to the fp32 output (mean over samples), top-1 agreement (logits
+256 held-out realistic inputs: cosine to the fp32 output (mean over samples), top-1 agreement (logits
 models), and the accuracy retained robopt's gate computes (`tools.evaluation.evaluate`, the metric that
 fits the output) against the fp32 ONNX model, which decides whether a result keeps the floor.
 
@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 EVAL_SEED = 1234
-EVAL_SAMPLES = 64
+EVAL_SAMPLES = 256
 CALIBRATION_BATCHES = 4
 COSINE_SLACK = 0.005
 TOP1_SLACK = 0.005

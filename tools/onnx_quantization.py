@@ -767,7 +767,7 @@ def _onnx_fp16(
     seed: int,
     step: dict[str, Any],
 ) -> ModelHandle:
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
 
     blocked: list[str] = []
     result = step["result"]
@@ -788,17 +788,12 @@ def _onnx_fp16(
     islands = sorted(_fp16_overflow_nodes(model, inputs) - set(blocked)) if inputs is not None else []
     node_block = sorted(set(blocked) | set(islands)) or None
     # keep_io_types: callers keep feeding float32 and get float32 back.
-    converted = convert_float_to_float16(model, keep_io_types=True, node_block_list=node_block)
+    converted = _fp16(model, node_block)
     fp32_ops: list[str] = []
     if inputs is not None:
         cosine = _fidelity(model, converted, inputs)
         if cosine < _FP16_MIN_COSINE:
-            safer = convert_float_to_float16(
-                model,
-                keep_io_types=True,
-                node_block_list=node_block,
-                op_block_list=[*DEFAULT_OP_BLOCK_LIST, *_FP16_SENSITIVE_OPS],
-            )
+            safer = _fp16(model, node_block, [*DEFAULT_OP_BLOCK_LIST, *_FP16_SENSITIVE_OPS])
             safer_cosine = _fidelity(model, safer, inputs)
             if safer_cosine > cosine:
                 converted, cosine = safer, safer_cosine
@@ -812,6 +807,64 @@ def _onnx_fp16(
     label = "all" if not node_block else f"all but {len(node_block)} nodes"
     result.update(backend="onnxruntime", layers=label, fp32_islands=islands, fp32_ops=fp32_ops)
     return handle.with_step(converted, step)
+
+
+def _fp16(model: Any, node_block: list[str] | None, op_block: list[str] | None = None) -> Any:
+    """`convert_float_to_float16(keep_io_types=True)`, then the fp32 islands made whole.
+
+    The converter casts every blocked node's output to fp16 and back to fp32 before the next blocked node,
+    so a value beyond fp16's range passed from one float32 node to the next would still overflow on the
+    way: those Cast pairs are removed, the next node reads the float32 value itself.
+    """
+    from onnx import TensorProto, helper
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    converted = convert_float_to_float16(
+        model, keep_io_types=True, node_block_list=node_block, op_block_list=op_block
+    )
+    blocked_ops = set(op_block or [])
+    float32 = {
+        o
+        for n in converted.graph.node
+        if n.name in set(node_block or []) or n.op_type in blocked_ops
+        for o in n.output
+    }
+    float32 |= {i.name for i in converted.graph.input if i.type.tensor_type.elem_type == TensorProto.FLOAT}
+
+    def cast_to(node: Any) -> int | None:
+        return next((int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "to"), None)
+
+    producer = {o: n for n in converted.graph.node for o in n.output}
+    rename: dict[str, str] = {}
+    dropped: set[int] = set()
+    for node in converted.graph.node:
+        if node.op_type != "Cast" or cast_to(node) != TensorProto.FLOAT:
+            continue
+        first = producer.get(node.input[0])
+        if first is None or first.op_type != "Cast" or cast_to(first) != TensorProto.FLOAT16:
+            continue
+        if first.input[0] in float32:
+            rename[node.output[0]] = first.input[0]
+            dropped.add(id(node))
+    if not rename:
+        return converted
+    outputs = {o.name for o in converted.graph.output}
+    kept = []
+    for node in converted.graph.node:
+        if id(node) in dropped and node.output[0] not in outputs:
+            continue
+        if id(node) in dropped:
+            kept.append(node)
+            continue
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+        kept.append(node)
+    used = {i for n in kept for i in n.input} | outputs
+    kept = [n for n in kept if n.op_type != "Cast" or any(o in used for o in n.output)]
+    del converted.graph.node[:]
+    converted.graph.node.extend(kept)
+    return converted
 
 
 def _toposort(graph: Any) -> None:

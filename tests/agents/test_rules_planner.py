@@ -9,7 +9,8 @@ import pytest
 from agents.criteria import Criteria, Measurement
 from agents.instructions import apply_message
 from agents.planners.base import PlannerView
-from agents.planners.rules import decide
+from agents.planners.rules import decide, mixed_target, ranked_quant_methods
+from agents.profile_facts import profile_facts as facts
 from agents.state import Instructions, ToolCall, TrialRecord, VersionRecord
 
 BASE = Measurement(size_bytes=1_000_000, latency_p50_ms=1.0, peak_memory_mb=10.0, accuracy_retained=1.0)
@@ -43,7 +44,8 @@ METHODS = {
 class History:
     """Builds versions and trials the way the graph records them."""
 
-    def __init__(self) -> None:
+    def __init__(self, floor: float = 0.95) -> None:
+        self.floor = floor
         self.versions = {"v0": VersionRecord(id="v0", measurement=BASE.model_dump(), objective=0.0)}
         self.trials: list[TrialRecord] = []
         self.current = "v0"
@@ -60,7 +62,7 @@ class History:
             recipe=[*self.versions[base].recipe, *action.calls],
             measurement=m.model_dump(),
         )
-        meets = acc >= 0.95
+        meets = acc >= self.floor
         self.trials.append(
             TrialRecord(
                 number=n,
@@ -79,12 +81,18 @@ class History:
             self.current = vid
 
     def view(
-        self, criteria: Criteria, instructions: Instructions | None = None, device: str = "cpu"
+        self,
+        criteria: Criteria,
+        instructions: Instructions | None = None,
+        device: str = "cpu",
+        profile: dict[str, Any] | None = None,
+        runtime: str = "torch",
     ) -> PlannerView:
         return PlannerView(
             criteria=criteria.resolved(),
             device=device,
-            profile=PROFILE,
+            profile=PROFILE if profile is None else profile,
+            runtime=runtime,
             baseline=BASE,
             current_version=self.current,
             current=Measurement.model_validate(self.versions[self.current].measurement),
@@ -204,9 +212,13 @@ def test_gpu_and_four_bit_preference_order_the_methods() -> None:
     assert decide(h.view(criteria, device="cuda")).calls[0].arguments["method"] == "bf16"
     four = Instructions(prefer_bits=4)
     assert decide(h.view(criteria, four, device="cuda")).calls[0].arguments["method"] == "weight_only_int4"
-    # On a CPU there is no 4-bit method: int8 stays first, GPU-only methods are never proposed.
+    # On a CPU, without byte counts to size it, int8 stays first and GPU-only methods are never proposed.
     cpu = decide(h.view(Criteria(), four)).calls[0].arguments["method"]
     assert cpu == "dynamic_int8"
+    # With them, 4-bit on a CPU goes through ONNX Runtime (MatMulNBits), as the user asked for 4 bits.
+    sized = {**PROFILE, "size_bytes": 1_000_000, "layers": _layers({"Linear": 1_000_000})}
+    call = decide(h.view(Criteria(), four, profile=sized)).calls[0]
+    assert call.arguments == {"method": "weight_only_int4", "backend": "onnxruntime"}
 
 
 def test_only_allowed_techniques_are_used() -> None:
@@ -242,3 +254,122 @@ def test_a_pruning_step_the_gate_turned_down_is_never_repeated_and_returns_with_
     assert last.kind == "finish"
     keys = [(t.base_version, repr(t.calls)) for t in h.trials]
     assert len(keys) == len(set(keys))
+
+
+# ------------------------------------------------------------------------------------------
+# ONNX models: methods ordered by the size each is expected to reach
+
+
+def _layers(bytes_by_type: dict[str, int], dtype: str = "float32") -> list[dict[str, Any]]:
+    """Profile layers (one 2-D float weight per type) holding the given bytes."""
+    return [
+        {
+            "name": f"w_{kind}",
+            "type": kind,
+            "parameters": n // 4,
+            "bytes": n,
+            "dtype": dtype,
+            "shape": [n // 512, 128],
+        }
+        for kind, n in bytes_by_type.items()
+    ]
+
+
+def _onnx_profile(bytes_by_type: dict[str, int], overhead: int = 0, inputs: bool = True) -> dict[str, Any]:
+    layers = _layers(bytes_by_type)
+    names = [f"/{kind}/node" for kind in bytes_by_type]
+    return {
+        "format": "onnx",
+        "runtime": "onnx",
+        "total_parameters": sum(bytes_by_type.values()) // 4,
+        "parameters_by_layer_type": {k: v // 4 for k, v in bytes_by_type.items()},
+        "size_bytes": sum(bytes_by_type.values()) + overhead,
+        "inputs": [{"name": "x", "shape": [None, 16], "dtype": "int64"}] if inputs else [],
+        "quantizable_layers": names,
+        "prunable_layers": names,
+        "layers": layers,
+    }
+
+
+# A sentence encoder of the user report: 90 MB, half of it the embedding table (Gather).
+ENCODER = _onnx_profile({"MatMul": 43_000_000, "Gather": 47_000_000}, overhead=300_000)
+# A tiny transformer where the graph itself and the float norms are a tenth of the file.
+TINY = _onnx_profile({"MatMul": 1_000_000, "Gather": 500_000}, overhead=170_000)
+# A convolutional network with a small Gemm head.
+CNN = _onnx_profile({"Conv": 1_900_000, "Gemm": 5_000}, overhead=50_000)
+TARGET_75 = Criteria(max_size_reduction_percent=75, target_accuracy_threshold=0.97)
+
+
+def test_onnx_encoder_at_75_percent_gets_per_channel_int8_with_embeddings_first_not_fp16() -> None:
+    """The user report: 75% smaller at a 0.97 floor must not start (or end) with fp16 at 50%."""
+    h = History(floor=0.97)
+    first = decide(h.view(TARGET_75, profile=ENCODER, runtime="onnx"))
+    assert first.calls == [ToolCall(tool="quantize", arguments={"method": "dynamic_int8"})]
+    assert "reaching the 75%" in first.reasoning and "embedding tables" in first.reasoning
+    h.trial(first, size=228_000, acc=0.992, accepted=True)  # 25.3%: the goal is reached
+    follow = decide(h.view(TARGET_75, profile=ENCODER, runtime="onnx"))
+    # Only methods that also reach the target are measured next, on the same float base; never fp16.
+    assert follow.kind == "tool" and follow.strategy == "quantize_alternative"
+    assert follow.calls[0].arguments["method"] in ("static_int8", "weight_only_int4")
+    order = [
+        m for m, _ in ranked_quant_methods(h.view(TARGET_75, profile=ENCODER, runtime="onnx"), facts(ENCODER))
+    ]
+    assert order.index("fp16") == len(order) - 1
+
+
+def test_onnx_model_that_int8_cannot_take_to_the_target_starts_with_4bit_and_falls_back_by_measurement() -> (
+    None
+):
+    h = History(floor=0.97)
+    view = h.view(TARGET_75, profile=TINY, runtime="onnx")
+    assert [m for m, _ in ranked_quant_methods(view, facts(TINY))] == [
+        "weight_only_int4",
+        "dynamic_int8",
+        "static_int8",
+        "fp16",
+    ]
+    first = decide(view)
+    assert first.calls[0].arguments == {"method": "weight_only_int4"}
+    h.trial(first, size=180_000, acc=0.91, accepted=False)
+    # The fallback is measured mixed precision, not a guess at the head: the tool keeps the costliest
+    # layer groups in 8 bits until the floor plus one standard error is retained.
+    mixed = decide(h.view(TARGET_75, profile=TINY, runtime="onnx"))
+    assert mixed.strategy == "quantize_mixed"
+    assert mixed.calls[0].arguments == {"method": "weight_only_int4", "accuracy_target": mixed_target(0.97)}
+    assert 0.975 < mixed_target(0.97) < 0.985 and "exclude" not in mixed.calls[0].arguments
+    h.trial(mixed, size=290_000, acc=0.982, accepted=True)
+    # Short of the target: the other methods are measured too (dynamic int8 may be as small and faster).
+    alt = decide(h.view(TARGET_75, profile=TINY, runtime="onnx"))
+    assert alt.strategy == "quantize_alternative" and alt.base_version == "v0"
+    assert alt.calls == [ToolCall(tool="quantize", arguments={"method": "dynamic_int8"})]
+
+
+def test_onnx_methods_that_cannot_help_or_cannot_run_are_never_proposed() -> None:
+    h = History(floor=0.97)
+    cnn = h.view(TARGET_75, profile=CNN, runtime="onnx")
+    ranked = [m for m, _ in ranked_quant_methods(cnn, facts(CNN))]
+    assert "weight_only_int4" not in ranked  # 4-bit blocks take MatMul/Gather weights: nothing here
+    assert ranked[0] == "static_int8"  # convolutions: QLinearConv kernels first
+    no_inputs = {**TINY, "inputs": []}
+    ranked = [
+        m
+        for m, _ in ranked_quant_methods(
+            h.view(TARGET_75, profile=no_inputs, runtime="onnx"), facts(no_inputs)
+        )
+    ]
+    assert "static_int8" not in ranked  # no signature to calibrate with
+    # GPU-only torch methods never appear for an ONNX model; bf16 neither.
+    offered = ranked_quant_methods(
+        h.view(TARGET_75, profile=TINY, runtime="onnx", device="cuda"), facts(TINY)
+    )
+    assert not {m for m, _ in offered} & {"bnb_int8", "bnb_nf4", "bf16", "weight_only_int8"}
+
+
+def test_mixed_fallback_is_skipped_when_it_does_not_fit_the_time_budget() -> None:
+    h = History(floor=0.97)
+    criteria = Criteria(max_size_reduction_percent=75, target_accuracy_threshold=0.97, time_budget_s=60)
+    first = decide(h.view(criteria, profile=TINY, runtime="onnx"))
+    h.trial(first, size=180_000, acc=0.91, accepted=False)
+    h.trials[-1].duration_s = 20.0  # a mixed search (about G + log2 G + 1 rounds) would take minutes
+    nxt = decide(h.view(criteria, profile=TINY, runtime="onnx"))
+    assert nxt.strategy == "quantize_fallback" and "accuracy_target" not in nxt.calls[0].arguments
