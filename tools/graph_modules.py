@@ -345,6 +345,7 @@ def module_tree(
     if isinstance(model, torch.jit.ScriptModule):
         args = tuple(example) if example is not None else _example(handle)
         gm = _convert_torchscript(model, args)
+        _restore_parameters(gm, [name for name, _ in model.named_parameters()])
         report = lift_layers(gm)
         _check_same(model, gm, args)
         return gm, {"converted": "torchscript -> torch.export (TS2EPConverter)", **report.summary()}
@@ -361,6 +362,21 @@ def _example(handle: ModelHandle) -> tuple[torch.Tensor, ...]:
     from tools.runtime import to_tensors
 
     return tuple(to_tensors(handle, example_inputs(handle)))
+
+
+def _restore_parameters(gm: torch.fx.GraphModule, names: list[str]) -> None:
+    """The converter holds the TorchScript module's parameters as buffers: make them parameters again
+    (same names), so parameter counts and state dicts mean what they meant for the TorchScript module."""
+    for name in names:
+        holder_name, _, leaf = name.rpartition(".")
+        try:
+            holder = gm.get_submodule(holder_name) if holder_name else gm
+        except AttributeError:
+            continue
+        tensor = holder._buffers.get(leaf)
+        if tensor is not None and tensor.is_floating_point():
+            del holder._buffers[leaf]
+            holder.register_parameter(leaf, nn.Parameter(tensor, requires_grad=False))
 
 
 def _convert_torchscript(model: Any, args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:

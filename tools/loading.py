@@ -251,6 +251,10 @@ def _load_pt2(path: Path, device: str) -> tuple[Any, Signature]:
     specs = _merge_saved(program_value_ranges(program, specs), _saved_specs(extra[TORCHSCRIPT_META]))
     names = [s.name for s in specs]
     module = program.module()
+    # Its linear / conv / batch-norm calls become real submodules, so every torch tool can edit them.
+    from tools.graph_modules import lift_layers
+
+    lift_layers(module)
     if device != "cpu":
         module = module.to(device)
     return module, Signature(inputs=specs, argument_names=names)

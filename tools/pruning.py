@@ -9,7 +9,9 @@
   attention heads of the registry's `Attention` modules (rows of q/k/v, columns of o). The
   network's output layer and its input dimensions are never pruned; residual-stream widths are kept.
   On ONNX graphs (tools.onnx_pruning): MLP hidden and conv channel groups, with their consumers'
-  input rows; attention, residual widths and norms are never touched.
+  input rows; attention, residual widths and norms are never touched. On TorchScript and torch.export
+  models (their lifted module tree, tools.graph_modules) likewise: only the widths the graph leaves free
+  (MLP hidden neurons, channels inside conv blocks with their batch norms); the result says so.
 - `semi_structured_2_4`: keeps the 2 largest of every 4 consecutive input weights of each Linear and
   stores them as `torch.sparse` semi-structured tensors (CUTLASS / cuSPARSELt kernels): CUDA only,
   fp16/bf16 weights.
@@ -165,8 +167,12 @@ def quantization_backend(model: Any) -> str | None:
     """The library that quantized a torch model's weights, or None for float weights."""
     if not isinstance(model, nn.Module) or isinstance(model, torch.jit.ScriptModule):
         return None
+    from tools.graph_modules import INT8_LAYERS
+
     for module in model.modules():
         root = type(module).__module__
+        if isinstance(module, INT8_LAYERS):
+            return "torchao int8 weights"
         if root.startswith(("torch.ao.nn.quantized", "torch.nn.quantized", "bitsandbytes")):
             return root.split(".")[0] if root.startswith("bitsandbytes") else "torch.ao"
     for p in model.parameters():
@@ -374,23 +380,13 @@ def _structured(
     seed: int,
 ) -> tuple[Any, dict[str, Any]]:
     _torch_only(handle, "structured")
-    if isinstance(handle.model, torch.jit.ScriptModule):
-        raise UnsupportedFormatError(
-            "structured pruning cannot resize a TorchScript graph; upload the model as a state dict of a "
-            "registered architecture (or an exported .pt2)"
-        )
+    if isinstance(handle.model, (torch.jit.ScriptModule, torch.fx.GraphModule)):
+        return _structured_graph(handle, amount, scope, include, exclude, seed)
     if not isinstance(handle.model, nn.Module):
         raise UnsupportedFormatError(
             f"structured pruning needs an nn.Module, got {type(handle.model).__name__}"
         )
     _refuse_quantized(handle.model, "structured")
-    if isinstance(handle.model, torch.fx.GraphModule) and not any(
-        isinstance(m, _PRUNABLE) for m in handle.model.modules()
-    ):
-        raise UnsupportedFormatError(
-            "structured pruning needs the model's layers as Python modules, which a torch.export (.pt2) "
-            "program does not have; upload the state dict with its architecture, or use 'magnitude' pruning"
-        )
     model: nn.Module = handle.clone().model
     params_before = _count_params(model)
     example = to_tensors(handle, synthesize_inputs(handle.inputs, 2, seed=seed))
@@ -527,15 +523,7 @@ def _prune_width_groups(groups: list[_WidthGroup], amount: float, scope: Scope) 
     if not groups:
         return 0
     scores = [_channel_scores(g) for g in groups]
-    if scope == "global":
-        normed = [s / s.mean().clamp_min(1e-12) for s in scores]
-        flat = torch.cat(normed)
-        k = int(amount * flat.numel())
-        threshold = torch.kthvalue(flat, k).values if k > 0 else flat.min() - 1
-        cap = max(amount, 0.9)
-        removes = [min(int((s <= threshold).sum()), int(cap * s.numel()), s.numel() - 1) for s in normed]
-    else:
-        removes = [min(int(amount * s.numel()), s.numel() - 1) for s in scores]
+    removes = _removal_counts(scores, amount, scope)
     pruned = 0
     for group, score, remove in zip(groups, scores, removes, strict=True):
         if remove <= 0:
@@ -547,6 +535,138 @@ def _prune_width_groups(groups: list[_WidthGroup], amount: float, scope: Scope) 
             _keep_cols(lin, keep)
         pruned += 1
     return pruned
+
+
+def _removal_counts(scores: list[torch.Tensor], amount: float, scope: Scope) -> list[int]:
+    """Channels to remove per group: `amount` of each, or of all ranked together (scores normalised per
+    group, no group thinned past max(amount, 90%), every group keeps at least one channel)."""
+    if scope == "global":
+        normed = [s / s.mean().clamp_min(1e-12) for s in scores]
+        flat = torch.cat(normed)
+        k = int(amount * flat.numel())
+        threshold = torch.kthvalue(flat, k).values if k > 0 else flat.min() - 1
+        cap = max(amount, 0.9)
+        return [min(int((s <= threshold).sum()), int(cap * s.numel()), s.numel() - 1) for s in normed]
+    return [min(int(amount * s.numel()), s.numel() - 1) for s in scores]
+
+
+def _structured_graph(
+    handle: ModelHandle,
+    amount: float,
+    scope: Scope,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    seed: int,
+) -> tuple[Any, dict[str, Any]]:
+    """Structured pruning of a TorchScript / torch.export model, on its lifted module tree.
+
+    A graph fixes shapes with constants (attention reshapes to a head count, residual widths), so only
+    the widths `tools.graph_modules.width_groups` proves free are shrunk: hidden neurons of MLP blocks
+    (fc1 -> act -> fc2, SwiGLU gate/up -> down) and channels between convolutions inside a block (with
+    their batch norms). The result names the layers whose widths stayed.
+    """
+    from tools.graph_modules import module_tree, width_groups
+    from tools.handle import copy_model
+
+    tree, how = module_tree(handle)
+    model = copy_model(tree) if tree is handle.model else tree
+    _refuse_quantized(model, "structured")
+    params_before = _count_params(model)
+    groups = width_groups(model)
+    chosen = [g for g in groups if all(_selected(p, include, exclude) for p in g.producers)]
+    layers = [n for n, m in model.named_modules() if n and isinstance(m, _PRUNABLE)]
+    if not chosen:
+        raise InvalidArgumentError(
+            "nothing could be pruned structurally: "
+            + (
+                "no prunable width passes the include/exclude patterns"
+                if groups
+                else "this graph has no hidden width between layers joined only by elementwise ops (its "
+                "layer widths are fixed by reshapes, residual adds or the output); use 'magnitude' pruning"
+            ),
+            details=f"layers: {', '.join(layers[:12])}",
+        )
+    scores = [_graph_scores(model, g) for g in chosen]
+    removes = _removal_counts(scores, amount, scope)
+    pruned = 0
+    for group, score, remove in zip(chosen, scores, removes, strict=True):
+        if remove <= 0:
+            continue
+        keep = torch.sort(torch.argsort(score, descending=True)[: score.numel() - remove]).values
+        for name in group.producers:
+            _keep_out(model.get_submodule(name), keep)
+        for name in group.channel_layers:
+            _keep_channels(model.get_submodule(name), keep)
+        for name in group.consumers:
+            _keep_in(model.get_submodule(name), keep)
+        pruned += 1
+    params_after = _count_params(model)
+    if params_after >= params_before:
+        raise InvalidArgumentError("nothing could be pruned structurally at this amount; use a larger amount")
+    example = to_tensors(handle, synthesize_inputs(handle.inputs, 2, seed=seed))
+    try:
+        with torch.no_grad():
+            model(*example)
+    except Exception as exc:  # noqa: BLE001 - a graph this pruning broke must not pass as a result
+        raise UnsupportedFormatError(
+            "the pruned graph does not run; use 'magnitude' pruning", details=str(exc)[:500]
+        ) from exc
+    resized = {p for g in chosen for p in (*g.producers, *g.consumers)}
+    result: dict[str, Any] = {
+        "params_before": params_before,
+        "params_after": params_after,
+        "params_removed_fraction": 1.0 - params_after / params_before,
+        "pruned_groups": pruned,
+        "heads_removed": 0,
+        "engine": "graph_width_groups",
+        "restricted": (
+            "a graph fixes some widths with shape constants (attention heads, residual streams), so only "
+            "hidden widths between layers joined by elementwise ops were pruned; the layers in kept_layers "
+            "keep their shapes"
+        ),
+        "kept_layers": [n for n in layers if n not in resized],
+    }
+    if how:
+        result["module_tree"] = how
+    return model, result
+
+
+def _graph_scores(model: nn.Module, group: Any) -> torch.Tensor:
+    with torch.no_grad():
+        score = sum(
+            model.get_submodule(n).weight.detach().float().flatten(1).pow(2).sum(1) for n in group.producers
+        )
+        score = score + sum(
+            model.get_submodule(n).weight.detach().float().transpose(0, 1).flatten(1).pow(2).sum(1)
+            for n in group.consumers
+        )
+    return score.sqrt()
+
+
+def _keep_out(layer: nn.Module, keep: torch.Tensor) -> None:
+    layer.weight = nn.Parameter(layer.weight.detach()[keep].clone(), requires_grad=False)
+    if layer.bias is not None:
+        layer.bias = nn.Parameter(layer.bias.detach()[keep].clone(), requires_grad=False)
+    if isinstance(layer, nn.Linear):
+        layer.out_features = int(keep.numel())
+    else:
+        layer.out_channels = int(keep.numel())
+
+
+def _keep_in(layer: nn.Module, keep: torch.Tensor) -> None:
+    layer.weight = nn.Parameter(layer.weight.detach()[:, keep].clone(), requires_grad=False)
+    if isinstance(layer, nn.Linear):
+        layer.in_features = int(keep.numel())
+    else:
+        layer.in_channels = int(keep.numel())
+
+
+def _keep_channels(norm: nn.Module, keep: torch.Tensor) -> None:
+    norm.weight = nn.Parameter(norm.weight.detach()[keep].clone(), requires_grad=False)
+    norm.bias = nn.Parameter(norm.bias.detach()[keep].clone(), requires_grad=False)
+    norm.running_mean = norm.running_mean[keep].clone()
+    norm.running_var = norm.running_var[keep].clone()
+    norm.num_features = int(keep.numel())
 
 
 def _resized_ref(handle: ModelHandle, pruned: nn.Module) -> Any:
@@ -616,7 +736,12 @@ def _semi_structured(
         )
     from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
 
-    model: nn.Module = handle.clone().model
+    if isinstance(handle.model, torch.jit.ScriptModule):
+        from tools.graph_modules import module_tree
+
+        model: nn.Module = module_tree(handle)[0]  # the TorchScript graph as a tree of nn.Linear layers
+    else:
+        model = handle.clone().model
     device = handle.device if handle.device.startswith("cuda") else "cuda"
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if dtype not in (torch.float16, torch.bfloat16):

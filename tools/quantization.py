@@ -5,9 +5,15 @@ Which library does what, chosen by what really shrinks the file and runs on the 
 - dynamic_int8: torch on CPU: torch.ao `quantize_dynamic` (fbgemm/x86 kernels; torchao's int8
   dynamic path measured ~10x slower on CPU); torch on CUDA: torchao
   `Int8DynamicActivationInt8WeightConfig`; ONNX: ONNX Runtime `quantize_dynamic` (Gemm rewritten to
-  MatMul + Add first). TorchScript and pt2 models are exported to ONNX first.
+  MatMul + Add first).
 - weight_only_int8 / weight_only_int4: torchao `Int8WeightOnlyConfig` / `Int4WeightOnlyConfig`
-  (tinygemm packing, CUDA only); torch nn.Modules only.
+  (tinygemm packing, CUDA only; without CUDA, TorchScript and pt2 models get int4 from ONNX Runtime).
+- TorchScript and torch.export (.pt2) models get the torch paths on their module tree
+  (tools.graph_modules: each linear / conv call lifted into a real layer under its own name, TorchScript
+  converted with torch's TS2EPConverter first), so the result stays in the model's format: weight-only
+  and, for .pt2, dynamic int8 as portable int8 layers (torchao's int8 weights and scales in plain
+  buffers: the file runs with torch alone), TorchScript's dynamic int8 as torch.ao's layers, fp16 /
+  bf16 as a cast of the whole graph including the dtype constants it baked in.
 - bnb_int8 / bnb_nf4: bitsandbytes `Linear8bitLt` / `Linear4bit` swapped in; CUDA only.
 - fp16 / bf16: a cast (excluded layers stay fp32 behind casts); ONNX: fp16 conversion only.
 - static_int8: ONNX Runtime QDQ `quantize_static`, calibrated on the evaluation data (else
@@ -106,10 +112,13 @@ def quantize(
         step["backend"] = backend
     if method == "static_int8":
         step["calibration_samples"] = calibration_samples
+    graph = handle.runtime == "torch" and _is_graph(handle.model)
+    # TorchScript and torch.export models get the torch paths through a module tree (tools.graph_modules);
+    # ONNX Runtime only for what torch has no path for here: static int8, and int4 without CUDA.
     onnx_path = (
         handle.runtime == "onnx"
         or backend == "onnxruntime"
-        or (method in ONNX_METHODS and method != "fp16" and not _is_module_tree(handle.model))
+        or (graph and backend == "auto" and _needs_onnx(method))
     )
     if block_size is not None:
         step["block_size"] = block_size
@@ -141,22 +150,19 @@ def quantize(
         return _quantize_onnx(
             handle, method, include, exclude, layer_types, calibration_samples, seed, step, **options
         )
-    if _is_module_tree(handle.model):
-        return _quantize_torch(handle, method, include, exclude, layer_types, calibration_samples, seed, step)
-    # TorchScript and torch.export modules hold no swappable nn.Linear: go through ONNX for int8.
-    if method in ("fp16", "bf16"):
-        return _cast_whole(handle, method, include, exclude, layer_types, step)
-    if method in ("dynamic_int8", "static_int8", "weight_only_int4"):
+    if graph and onnx_path:
         onnx_handle = _as_onnx_handle(handle)
         step["result"]["exported_to_onnx"] = True
+        step["result"]["conversion"] = (
+            f"{method} has no torch path on this machine; the {handle.format} model was exported to ONNX "
+            "and quantized with ONNX Runtime"
+        )
         return _quantize_onnx(
             onnx_handle, method, include, exclude, layer_types, calibration_samples, seed, step, **options
         )
-    raise UnsupportedFormatError(
-        f"{method} needs the model's Python modules, which a {handle.format} file does not have; upload the "
-        "state dict with its architecture, or use dynamic_int8 / static_int8 / weight_only_int4 (they go "
-        "through ONNX)",
-    )
+    if graph:
+        return _quantize_graph(handle, method, include, exclude, layer_types, calibration_samples, seed, step)
+    return _quantize_torch(handle, method, include, exclude, layer_types, calibration_samples, seed, step)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +177,20 @@ def _require_cuda(method: str) -> None:
         raise UnsupportedDeviceError(
             f"{method} needs a CUDA GPU and this machine has none; on CPU use {alternatives}",
         )
+
+
+def _is_graph(model: Any) -> bool:
+    """A TorchScript module or a torch.export graph module (the formats a user exports a model in)."""
+    import torch
+
+    return isinstance(model, (torch.jit.ScriptModule, torch.fx.GraphModule))
+
+
+def _needs_onnx(method: str) -> bool:
+    """Methods a graph model only gets through ONNX Runtime on this machine."""
+    import torch
+
+    return method == "static_int8" or (method == "weight_only_int4" and not torch.cuda.is_available())
 
 
 def _is_module_tree(model: Any) -> bool:
@@ -263,6 +283,145 @@ def _quantize_torch(
     return handle.with_step(model, step, device=device)
 
 
+def _quantize_graph(
+    handle: ModelHandle,
+    method: str,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    layer_types: list[str] | None,
+    calibration_samples: int,
+    seed: int,
+    step: dict[str, Any],
+) -> ModelHandle:
+    """TorchScript and torch.export models: the torch paths on their module tree (tools.graph_modules).
+
+    The layers stay where the graph calls them, so the result is exported in the model's own format:
+    weight-only and (for .pt2) dynamic int8 as portable int8 layers (torchao computes the int8 weights
+    and scales; the layers hold them as plain buffers, so the file loads with torch alone); dynamic
+    int8 of a TorchScript model as torch.ao's dynamic layers (TorchScript holds them natively); fp16 /
+    bf16 as a cast of the whole graph, dtype constants included (or of the selected layers, behind casts).
+    """
+    import torch
+
+    from tools.graph_modules import module_tree
+
+    if method in ("fp16", "bf16") and isinstance(handle.model, torch.jit.ScriptModule):
+        try:
+            tree, how = module_tree(handle)
+        except UnsupportedFormatError as exc:
+            # The converter refused: cast the TorchScript module's weights in place, as before.
+            step["result"]["module_tree"] = {"converted": None, "reason": exc.message}
+            return _cast_whole(handle, method, include, exclude, layer_types, step)
+    else:
+        tree, how = module_tree(handle)
+    if how:
+        step["result"]["module_tree"] = how
+    tree_handle = handle.clone(model=tree)
+    if method in ("fp16", "bf16"):
+        return _cast_graph(tree_handle, method, include, exclude, layer_types, step)
+    on_cuda = handle.device.startswith("cuda")
+    if method not in ("weight_only_int8", "dynamic_int8") or on_cuda:
+        return _quantize_torch(
+            tree_handle, method, include, exclude, layer_types, calibration_samples, seed, step
+        )
+    types = tuple(layer_types) if layer_types else _DEFAULT_TYPES[method]
+    if set(types) - {"Linear"}:
+        raise InvalidArgumentError(
+            f"{method} quantizes Linear layers only; {sorted(set(types) - {'Linear'})} are not supported "
+            "(use static_int8 for convolutions)",
+        )
+    names = torch_layer_names(tree, types, include, exclude)
+    if not names:
+        _no_layers(method, types, include, exclude)
+    model = copy_model(tree)
+    if method == "dynamic_int8" and handle.format == "torchscript":
+        model = _torch_ao_dynamic(model, names)
+        step["result"].update(backend="torch.ao", layer="torch.ao DynamicQuantizedLinear")
+    else:
+        from tools.graph_modules import portable_int8
+
+        _torchao_quantize(model, "weight_only_int8", set(names))
+        portable_int8(model, names, dynamic=method == "dynamic_int8")
+        layer = "Int8DynamicLinear (int8 x int8 _int_mm)" if method == "dynamic_int8" else "Int8WeightLinear"
+        step["result"].update(backend="torch", weights="torchao Int8WeightOnlyConfig", layer=layer)
+    candidates = torch_layer_names(tree, types, None, None)
+    step["result"].update(layers=names, kept_float=[n for n in candidates if n not in names])
+    return handle.with_step(model, step)
+
+
+def _cast_graph(
+    handle: ModelHandle,
+    method: str,
+    include: list[str] | None,
+    exclude: list[str] | None,
+    layer_types: list[str] | None,
+    step: dict[str, Any],
+) -> ModelHandle:
+    """fp16/bf16 of a graph module: the whole graph (weights and the dtype constants it baked in), or
+    the selected lifted layers, each casting its input in and its output back to the graph's dtype."""
+    import torch
+
+    from tools.graph_modules import LIFTED_TYPES, cast_graph
+    from tools.runtime import model_dtype
+
+    dtype = torch.float16 if method == "fp16" else torch.bfloat16
+    source = model_dtype(handle)
+    model = copy_model(handle.model).eval()
+    if not (include or exclude or layer_types):
+        changed = cast_graph(model, dtype, source)
+        _check_runs(handle, model, method)
+        step["result"].update(
+            backend="torch",
+            layers="all",
+            kept_float=[],
+            io_dtype=_dtype_name(source),
+            graph_constants=changed,
+        )
+        return handle.with_step(model, step)
+    layers = [(n, m) for n, m in model.named_modules() if n and isinstance(m, LIFTED_TYPES)]
+    chosen = {
+        n
+        for n, m in layers
+        if (not layer_types or type(m).__name__ in layer_types) and _selected([n], include, exclude)
+    }
+    if not chosen:
+        _no_layers(method, layer_types or ["any"], include, exclude)
+    for name, module in layers:
+        if name in chosen:
+            module.to(dtype)
+            module.register_forward_pre_hook(_cast_inputs_hook)
+            module.register_forward_hook(_cast_output_hook(source))
+    _check_runs(handle, model, method)
+    step["result"].update(
+        backend="torch",
+        layers=sorted(chosen),
+        kept_float=[n for n, _ in layers if n not in chosen],
+        io_dtype=_dtype_name(source),
+    )
+    return handle.with_step(model, step)
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _check_runs(handle: ModelHandle, model: Any, method: str) -> None:
+    """The cast graph must still run on the signature's inputs (a dtype the graph fixed would fail here)."""
+    import torch
+
+    from tools.exporting import example_inputs
+    from tools.runtime import to_tensors
+
+    try:
+        with torch.no_grad():
+            model(*to_tensors(handle.clone(model=model), example_inputs(handle)))
+    except Exception as exc:  # noqa: BLE001 - any failure means the cast graph is unusable
+        raise UnsupportedFormatError(
+            f"the {method} graph does not run: {str(exc).splitlines()[0][:300]}; keep the model in float32 "
+            "or cast only some layers (include / exclude)",
+        ) from exc
+
+
 def _torch_ao_dynamic(model: Any, names: list[str]) -> Any:
     import torch
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
@@ -350,7 +509,10 @@ def _cast_whole(
     """fp16/bf16: cast the selected layers; unselected ones stay fp32 with casts at their boundaries."""
     import torch
 
+    from tools.runtime import model_dtype
+
     dtype = torch.float16 if method == "fp16" else torch.bfloat16
+    step["result"]["io_dtype"] = _dtype_name(model_dtype(handle))
     model = copy_model(handle.model).eval()
     partial = bool(include or exclude or layer_types) and _is_module_tree(model)
     if not partial:

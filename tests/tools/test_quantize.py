@@ -214,21 +214,24 @@ def test_onnx_refuses_torch_only_methods(mlp_onnx: ModelHandle) -> None:
 
 
 @pytest.mark.parametrize("fmt", ["torchscript", "pt2"])
-def test_torchscript_and_pt2_int8_go_through_onnx(tmp_path: Path, fmt: str) -> None:
+def test_torchscript_and_pt2_get_the_torch_paths(tmp_path: Path, fmt: str) -> None:
+    """TorchScript and .pt2 models are quantized on their module tree and stay torch models (they used to
+    go through ONNX for int8 and to refuse weight_only_int8); backend='onnxruntime' still converts."""
     from tools.exporting import export
     from tools.loading import load_model
 
     handle = mlp_handle()
     x = synthesize_inputs(handle.inputs, batch_size=4)
     loaded = load_model(export(handle, fmt, tmp_path / f"m.{'pt' if fmt == 'torchscript' else 'pt2'}"))
-    q = quantize(loaded, "dynamic_int8")
-    assert q.runtime == "onnx" and q.recipe[-1]["result"]["exported_to_onnx"]
-    assert serialized_size(q) <= 0.30 * serialized_size(handle)
-    assert _rel_error(forward(q, x), forward(handle, x)) < 0.05
+    for method in ("dynamic_int8", "weight_only_int8"):
+        q = quantize(loaded, method)
+        assert q.runtime == "torch" and q.format == fmt and "exported_to_onnx" not in q.recipe[-1]["result"]
+        assert serialized_size(q) <= 0.30 * serialized_size(handle)
+        assert _rel_error(forward(q, x), forward(handle, x)) < 0.05
+    via_ort = quantize(loaded, "dynamic_int8", backend="onnxruntime")
+    assert via_ort.runtime == "onnx" and via_ort.recipe[-1]["result"]["exported_to_onnx"]
     half = quantize(loaded, "fp16")
     assert half.runtime == "torch" and _rel_error(forward(half, x), forward(handle, x)) < 0.002
-    with pytest.raises(UnsupportedFormatError, match="Python modules"):
-        quantize(loaded, "weight_only_int8")
 
 
 def test_bitsandbytes_layer_swap_on_bnb_cpu_backend() -> None:
