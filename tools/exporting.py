@@ -3,12 +3,21 @@
 Every exported file loads back with `tools.loading.load_model` (safetensors with the handle's
 architecture) and gives the same outputs up to the format's precision. `serialized_size` is the
 "size on disk" every tool reports: the bytes of the handle in its natural format.
+
+An exported model keeps the original's contract: the same input names, and the dtypes it took and
+returned. A model cast to fp16 / bf16 (the recipe's cast step records the dtype it had, `io_dtype`)
+is written with its floating inputs cast in and its floating outputs cast back to that dtype, so the
+file runs on the original's float32 inputs with the plain runtime (`torch.jit.load(p)(*inputs)`,
+`torch.export.load(p).module()(*inputs)`, ONNX Runtime) and returns what the original returned.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import keyword
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -101,7 +110,6 @@ def to_onnx_model(handle: ModelHandle) -> Any:
     _refuse_bfloat16(handle)
     import torch
 
-    args = tuple(to_tensors(handle, example_inputs(handle)))
     names = [s.name for s in handle.inputs]
     dynamic_axes: dict[str, dict[int, str]] = {
         s.name: {i: ("batch" if i == 0 else f"{s.name}_dim{i}") for i, d in enumerate(s.shape) if d is None}
@@ -111,19 +119,116 @@ def to_onnx_model(handle: ModelHandle) -> Any:
     batch_dynamic = any(s.shape and s.shape[0] is None for s in handle.inputs)
     if batch_dynamic:
         dynamic_axes["output"] = {0: "batch"}
-    model = handle.model
     # Export in eval mode (dropout off) and give the caller's module back in the mode it was in.
     # Exported programs' graph modules keep the mode they were exported in.
     was_training = (
-        isinstance(model, torch.nn.Module) and not isinstance(model, torch.fx.GraphModule) and model.training
+        isinstance(handle.model, torch.nn.Module)
+        and not isinstance(handle.model, torch.fx.GraphModule)
+        and handle.model.training
     )
     if was_training:
-        model.eval()
+        handle.model.eval()
     try:
-        return _export_onnx(model, args, names, dynamic_axes, handle)
+        with exportable(handle) as (model, args):
+            return _export_onnx(model, args, names, dynamic_axes, handle)
     finally:
         if was_training:
-            model.train()
+            handle.model.train()
+
+
+def io_dtypes(handle: ModelHandle) -> tuple[Any, Any] | None:
+    """(compute dtype, contract dtype) of a model cast to fp16 / bf16, None for any other model.
+
+    The contract dtype is what the model took and returned before its first cast (the cast step's
+    `io_dtype`); the compute dtype is what robopt feeds it (`tools.runtime.model_dtype`).
+    """
+    import torch
+
+    from tools.runtime import model_dtype
+
+    if handle.runtime != "torch":
+        return None
+    for step in handle.recipe:
+        if step.get("tool") == "quantize" and step.get("method") in ("fp16", "bf16"):
+            name = (step.get("result") or {}).get("io_dtype")
+            dtype = getattr(torch, str(name), None) if name else None
+            if isinstance(dtype, torch.dtype):
+                return model_dtype(handle), dtype
+            return None
+    return None
+
+
+@contextlib.contextmanager
+def exportable(handle: ModelHandle) -> Iterator[tuple[Any, tuple[Any, ...]]]:
+    """The module to trace or export and its example arguments.
+
+    A half-precision model (see `io_dtypes`) is given, for the duration, a forward pre-hook casting its
+    floating inputs to its compute dtype and a hook casting its floating outputs back to the contract
+    dtype, and example inputs in the contract dtype: the exported graph holds both casts, and the
+    parameter names and argument names stay the model's. A TorchScript module cannot take hooks: it
+    is wrapped in a module whose forward has the signature's argument names.
+    """
+    import torch
+
+    dtypes = io_dtypes(handle)
+    if dtypes is None:
+        yield handle.model, tuple(to_tensors(handle, example_inputs(handle)))
+        return
+    compute, contract = dtypes
+    data = example_inputs(handle)
+    args = tuple(
+        torch.from_numpy(np.ascontiguousarray(data[s.name])).to(handle.device) for s in handle.inputs
+    )
+    model = handle.model
+    if isinstance(model, torch.jit.ScriptModule):
+        yield _cast_wrapper([s.name for s in handle.inputs], model, compute, contract), args
+        return
+    if isinstance(model, torch.fx.GraphModule):
+        from tools.graph_modules import with_io_casts
+
+        # torch.export runs a graph module's graph, not its hooks: the casts go into a copy of the graph.
+        yield with_io_casts(model, [a.is_floating_point() for a in args], compute, contract), args
+        return
+    hooks = [
+        model.register_forward_pre_hook(lambda _m, a: _cast_floats(a, compute)),
+        model.register_forward_hook(lambda _m, _a, out: _cast_floats(out, contract)),
+    ]
+    try:
+        yield model, args
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _cast_floats(value: Any, dtype: Any) -> Any:
+    import torch
+
+    return torch.utils._pytree.tree_map(
+        lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t, value
+    )
+
+
+def _cast_wrapper(names: list[str], inner: Any, compute: Any, contract: Any) -> Any:
+    """A module whose forward(<names>) casts floating inputs to `compute`, calls `inner`, and casts
+    floating outputs to `contract`."""
+    import torch
+
+    if len(set(names)) != len(names) or not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+        names = [f"input_{i}" for i in range(len(names))]
+    joined = ", ".join(names)
+    namespace: dict[str, Any] = {}
+    exec(f"def forward(self, {joined}):\n    return self.run({joined})\n", namespace)  # noqa: S102
+
+    class CastIO(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def run(self, *args: Any) -> Any:
+            return _cast_floats(self.inner(*_cast_floats(args, compute)), contract)
+
+    CastIO.forward = namespace["forward"]  # type: ignore[method-assign]
+    return CastIO()
 
 
 def _export_onnx(
@@ -237,15 +342,13 @@ def _export_torchscript(handle: ModelHandle, path: Path) -> None:
 
     _require_torch(handle, "torchscript")
     extra = {TORCHSCRIPT_META: _meta_json(handle)}
-    model = handle.model
-    if isinstance(model, torch.jit.ScriptModule):
-        torch.jit.save(model, str(path), _extra_files=extra)
+    if isinstance(handle.model, torch.jit.ScriptModule) and io_dtypes(handle) is None:
+        torch.jit.save(handle.model, str(path), _extra_files=extra)
         return
     if _quantization_backend(handle) in ("torchao", "bitsandbytes"):
         _refuse_quantized(handle, "TorchScript")
-    args = tuple(to_tensors(handle, example_inputs(handle)))
     try:
-        with torch.no_grad():
+        with exportable(handle) as (model, args), torch.no_grad():
             traced = torch.jit.trace(model, args, check_trace=False)
     except Exception as exc:
         raise UnsupportedFormatError(
@@ -261,21 +364,47 @@ def _export_pt2(handle: ModelHandle, path: Path) -> None:
 
     _require_torch(handle, "pt2")
     if isinstance(handle.model, torch.jit.ScriptModule):
-        raise UnsupportedFormatError("a TorchScript model cannot be exported with torch.export; use onnx")
+        from tools.graph_modules import module_tree
+
+        # torch.export takes Python modules: the TorchScript graph converted (TS2EPConverter) first.
+        handle = handle.clone(model=module_tree(handle)[0])
     if _quantization_backend(handle) == "bitsandbytes":
         _refuse_quantized(handle, "pt2")
-    args = tuple(to_tensors(handle, example_inputs(handle)))
     dynamic_shapes = tuple(
         {i: torch.export.Dim.AUTO for i, d in enumerate(s.shape) if d is None} or None for s in handle.inputs
     )
     try:
-        program = torch.export.export(handle.model, args, dynamic_shapes=dynamic_shapes)
+        with exportable(handle) as (model, args):
+            program = torch.export.export(model, args, dynamic_shapes=dynamic_shapes)
         _drop_stack_traces(program)
+        if io_dtypes(handle) is not None:
+            _accept_either_input_dtype(program)
         torch.export.save(program, str(path), extra_files={TORCHSCRIPT_META: _meta_json(handle)})
     except Exception as exc:
         raise UnsupportedFormatError(
             "the model could not be exported with torch.export", details=str(exc)
         ) from exc
+
+
+def _accept_either_input_dtype(program: Any) -> None:
+    """A half-precision program casts its inputs first: drop torch.export's dtype asserts on the inputs,
+    so it takes the contract's float32 (the plain runtime) and its compute dtype (robopt's own runs,
+    which feed a model its weights' dtype) alike."""
+    import torch
+
+    graph = program.graph_module.graph
+    inputs = set(program.graph_signature.user_inputs)
+    for node in list(graph.nodes):
+        if (
+            node.op == "call_function"
+            and node.target is torch.ops.aten._assert_tensor_metadata.default
+            and isinstance(node.args[0], torch.fx.Node)
+            and node.args[0].op == "placeholder"
+            and node.args[0].name in inputs
+            and not node.users
+        ):
+            graph.erase_node(node)
+    program.graph_module.recompile()
 
 
 def _drop_stack_traces(program: Any) -> None:
@@ -286,6 +415,7 @@ def _drop_stack_traces(program: Any) -> None:
         graph = getattr(module, "graph", None)
         for node in getattr(graph, "nodes", ()):
             node.meta.pop("stack_trace", None)
+            node.meta.pop("from_node", None)  # provenance of graph passes, another debugging aid
 
 
 def _export_safetensors(handle: ModelHandle, path: Path) -> None:

@@ -653,3 +653,47 @@ def _trace_back(
         interior.add(node)
         stack.extend(nodes)
     return (producers, channel, interior) if producers else None
+
+
+def _is_guard(node: torch.fx.Node) -> bool:
+    return node.op == "call_module" and str(node.target) == "_guards_fn"
+
+
+def with_io_casts(
+    gm: torch.fx.GraphModule, floating: list[bool], compute: torch.dtype, contract: torch.dtype
+) -> torch.fx.GraphModule:
+    """A copy of `gm` whose graph casts its floating inputs (`floating[i]` for user input i) to `compute`
+    and its floating outputs to `contract` (torch.export traces a graph module's graph, not its hooks)."""
+    from tools.handle import copy_model
+
+    out = copy_model(gm)
+    graph = out.graph
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for node, is_float in zip(placeholders, floating, strict=False):
+        if not is_float:
+            continue
+        with graph.inserting_after(node):
+            cast = graph.call_function(aten.to.dtype, (node, compute))
+        # The input guards still see the input as given.
+        node.replace_all_uses_with(
+            cast, delete_user_cb=lambda user, c=cast: user is not c and not _is_guard(user)
+        )
+    output = next(n for n in graph.nodes if n.op == "output")
+
+    def cast_out(value: Any) -> Any:
+        if isinstance(value, torch.fx.Node):
+            val = value.meta.get("val")
+            if isinstance(val, torch.Tensor) and val.is_floating_point():
+                with graph.inserting_before(output):
+                    return graph.call_function(aten.to.dtype, (value, contract))
+            return value
+        if isinstance(value, (list, tuple)):
+            return type(value)(cast_out(v) for v in value)
+        if isinstance(value, dict):
+            return {k: cast_out(v) for k, v in value.items()}
+        return value
+
+    output.args = tuple(cast_out(a) for a in output.args)
+    graph.lint()
+    out.recompile()
+    return out

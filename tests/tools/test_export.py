@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 
 from tests.tools.conftest import POLICY_REF, assert_same_weights, mlp_handle, weights_snapshot
 from tools.errors import UnsupportedFormatError
@@ -60,8 +61,11 @@ def test_quantized_onnx_and_fp16_export(tmp_path: Path) -> None:
     np.testing.assert_allclose(forward(load_model(path), x), forward(q, x), rtol=1e-5, atol=1e-6)
     half = quantize(handle, "fp16")
     loaded = load_model(export(half, "pt2", tmp_path / "half.pt2"))
-    assert loaded.inputs[0].dtype == "float16"
+    # The half-precision file keeps the original's contract: float32 in, float32 out (it took float16).
+    assert loaded.inputs[0].dtype == "float32"
     np.testing.assert_allclose(forward(loaded, x), forward(half, x), rtol=1e-3, atol=1e-4)
+    plain = torch.export.load(str(tmp_path / "half.pt2")).module()(torch.from_numpy(x[handle.inputs[0].name]))
+    assert plain.dtype == torch.float32
 
 
 def test_torch_ao_int8_exports_to_torchscript(tmp_path: Path) -> None:
