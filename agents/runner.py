@@ -9,6 +9,7 @@ registers the selected version as a new model derived from the original.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from agents.planners.rules import RulesPlanner
 from agents.report import build_report
 from agents.state import BASELINE_VERSION
 from agents.toolset import method_choices
-from agents.workspace import ModelSource, Workspace
+from agents.workspace import ARTIFACT_INFO, ModelSource, Workspace
 from state.artifacts import ArtifactStore, new_id, sha256_file
 from state.event_log import EventLog
 from state.registry import ModelRecord
@@ -379,6 +380,7 @@ class SessionRunner:
             else:
                 version = state["versions"][vid]
                 path, fmt = version.get("artifact_path"), version.get("artifact_format")
+                artifact = _artifact_info(path)
                 model_id = None
                 if original is not None and path and fmt in DOWNLOADABLE_FORMATS and Path(path).exists():
                     model_id = new_id()
@@ -396,9 +398,12 @@ class SessionRunner:
                         id=model_id,
                         owner_id=original.owner_id if row.owner_id is None else row.owner_id,
                         name=f"{original.name} (optimized, session {session_id[:8]}, {vid})"[:200],
-                        description=f"Optimized by session {session_id}: "
-                        + "; ".join(
-                            f"{c['tool']}({c.get('arguments', {})})" for c in version.get("recipe", [])
+                        description=(
+                            f"Optimized by session {session_id}: "
+                            + "; ".join(
+                                f"{c['tool']}({c.get('arguments', {})})" for c in version.get("recipe", [])
+                            )
+                            + (f". Note: {artifact['note']}" if artifact.get("note") else "")
                         )[:1800],
                         format=fmt,
                         extension=ext,
@@ -421,9 +426,19 @@ class SessionRunner:
             await db.commit()
         selected["model_id"] = model_id
         selected["download_url"] = f"/models/{model_id}/download" if model_id else None
+        if vid != BASELINE_VERSION:
+            artifact = _artifact_info(state["versions"][vid].get("artifact_path"))
+            # The download is in the uploaded format unless a technique needed another runtime: say which.
+            selected["source_format"] = artifact.get("source_format") or (
+                original.format if original else None
+            )
+            selected["artifact_converted"] = bool(artifact.get("converted"))
+            if artifact.get("note"):
+                selected["artifact_note"] = artifact["note"]
         if model_id is None:
             selected["note"] = (
-                "this version could not be exported to TorchScript or ONNX; rebuild it from the recipe"
+                "this version could not be saved in a downloadable format (the uploaded one, TorchScript, "
+                ".pt2 or ONNX); rebuild it from the recipe"
             )
         return {**report, "selected_version": selected}
 
@@ -551,3 +566,14 @@ def _pct(state: dict[str, Any]) -> float:
     criteria = Criteria.model_validate(state["criteria"]) if state.get("criteria") else None
     total = (criteria.max_trials if criteria else None) or 12
     return round(min(95.0, 10.0 + 85.0 * len(state.get("trials", [])) / total), 1)
+
+
+def _artifact_info(path: str | None) -> dict[str, Any]:
+    """The `artifact.json` Workspace.save writes beside a version's file (empty when absent)."""
+    if not path:
+        return {}
+    info = Path(path).parent / ARTIFACT_INFO
+    try:
+        return dict(json.loads(info.read_text()))
+    except (OSError, ValueError):
+        return {}

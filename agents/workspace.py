@@ -6,13 +6,15 @@ rebuilt by replaying its recipe of validated tool calls on the original, which i
 every tool is deterministic (seeded). That is also how a session resumes after a crash.
 
 Each candidate is also written to the artifact store (DATA_DIR/artifacts/<session>/<version>/) in a
-format a user can download and load again: TorchScript for torch models (a torch.export .pt2 program
-when TorchScript refuses, e.g. torchao-quantized weights), ONNX for ONNX models.
+format a user can download and load again: the uploaded format wherever it can hold the version
+(.pt2 for .pt2, TorchScript for TorchScript, ONNX for ONNX), another one, said so, only when a
+technique needs another runtime or the uploaded format refuses it (see `Workspace.save`).
 Every method here is blocking (compute, disk): call it through asyncio.to_thread.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,10 +111,14 @@ class Workspace:
     def save(self, version_id: str, handle: Any) -> tuple[str | None, str | None]:
         """Write the version's downloadable artifact; (path, format), or (None, None) without a store.
 
-        ONNX models are saved as ONNX. Torch models as TorchScript when they script or trace, else as
-        a `torch.export` program (.pt2: what torchao tensor-subclass weights need; it loads back through
-        the normal loader and can be uploaded again), else as the server's own pickle of the module
-        (kept for the server, not offered for download). Raises ArtifactSaveError with every
+        The download keeps the upload's contract: it is written in the uploaded format wherever that
+        format can hold the version (a .pt2 upload gives a .pt2, TorchScript gives TorchScript, ONNX
+        gives ONNX; tools.exporting keeps the input and output dtypes of half-precision versions). An
+        ONNX handle (a technique that runs in ONNX Runtime) is saved as ONNX. When the uploaded format
+        cannot hold it, the next format that can is used: TorchScript, a `torch.export` program, else
+        the server's own pickle of the module (kept for the server, not offered for download). Weights
+        uploads (state dicts) are saved as TorchScript, else .pt2. `artifact.json` beside the file says
+        which format was written, the upload's, and why they differ. Raises ArtifactSaveError with every
         format's reason when nothing could be written: the caller turns that into a failed trial.
         """
         if self.artifacts_dir is None:
@@ -121,10 +127,17 @@ class Workspace:
 
         directory = self.artifacts_dir / version_id
         directory.mkdir(parents=True, exist_ok=True)
+        source = self._source_format(handle)
         if handle.runtime == "onnx":
             attempts = [("onnx", "model.onnx")]
         else:
-            attempts = [("torchscript", "model.pt"), ("pt2", "model.pt2"), ("torch_module", "module.pt")]
+            torch_formats = {"torchscript": ("torchscript", "model.pt"), "pt2": ("pt2", "model.pt2")}
+            first = [torch_formats[source]] if source in torch_formats else []
+            attempts = [
+                *first,
+                *(f for k, f in torch_formats.items() if f not in first),
+                ("torch_module", "module.pt"),
+            ]
         reasons: list[str] = []
         for fmt, name in attempts:
             destination = directory / name
@@ -142,8 +155,42 @@ class Workspace:
                 detail = getattr(err, "message", None) or str(err) or type(err).__name__
                 reasons.append(f"{fmt}: {type(err).__name__}: {detail}"[:400])
                 continue
+            info = artifact_info(source, fmt, handle.recipe, reasons)
+            (directory / ARTIFACT_INFO).write_text(json.dumps(info, indent=1))
             return str(destination), fmt
         raise ArtifactSaveError("the candidate could not be saved in any format (" + "; ".join(reasons) + ")")
+
+    def _source_format(self, handle: Any) -> str:
+        """The uploaded model's format (the original handle's), else the handle's own."""
+        original = self._original if self._original is not None else handle
+        return str(getattr(original, "format", None) or handle.format)
+
+
+ARTIFACT_INFO = "artifact.json"
+_SOURCE_FORMATS = {"torchscript": "TorchScript", "pt2": ".pt2 (torch.export)", "onnx": "ONNX"}
+
+
+def artifact_info(source: str, fmt: str, recipe: list[dict[str, Any]], reasons: list[str]) -> dict[str, Any]:
+    """What was written for a version and, when it is not the uploaded format, why."""
+    info: dict[str, Any] = {"artifact_format": fmt, "source_format": source, "converted": False}
+    if fmt == source or source not in _SOURCE_FORMATS:
+        return info
+    name = _SOURCE_FORMATS[source]
+    onnx_steps = [
+        f"{s.get('tool')}({s.get('method')})"
+        for s in recipe
+        if (s.get("result") or {}).get("exported_to_onnx")
+    ]
+    if fmt == "onnx" and onnx_steps:
+        note = (
+            f"downloaded as ONNX, not the uploaded {name}: {', '.join(onnx_steps)} runs in ONNX Runtime, so "
+            "the model was exported to ONNX; run it with onnxruntime.InferenceSession"
+        )
+    else:
+        why = "; ".join(reasons) or "it cannot hold this version"
+        note = f"downloaded as {_SOURCE_FORMATS.get(fmt, fmt)}, not the uploaded {name}: {why}"
+    info.update(converted=True, note=note[:1000])
+    return info
 
 
 class ArtifactSaveError(RuntimeError):
