@@ -485,6 +485,16 @@ def _score(
         out["centered_cosine"] = _centered_cosine(cand, ref)
         if ref.shape[0] >= 3:
             out["nn_agreement"] = _nn_agreement(cand, ref)
+    if forced is None and metric == "top1_agreement" and "top1_agreement" in out:
+        share = _dominant_class_share(ref)
+        if share >= DEGENERATE_CLASS_SHARE:
+            # Agreement with a reference that answers one class whatever the input cannot see damage.
+            metric = "centered_cosine"
+            out["centered_cosine"] = _centered_cosine(cand, ref)
+            reason += (
+                f"; but the reference predicts one class for {share:.0%} of the inputs, where top-1 "
+                "agreement cannot see damage, so the logits are scored by centered_cosine"
+            )
     value, ref_value, retained = _metric_value(metric, cand, ref, targets, tolerance, out)
     return OutputResult(
         name=name,
@@ -499,6 +509,18 @@ def _score(
         uses_targets=metric in TARGET_METRICS,
         **out,
     )
+
+
+# Reference arg-max classes this concentrated make top-1 agreement uninformative (random-weight or
+# collapsed classifiers): the logits are then compared as vectors.
+DEGENERATE_CLASS_SHARE = 0.9
+
+
+def _dominant_class_share(ref: np.ndarray) -> float:
+    classes = ref.argmax(-1).reshape(-1)
+    if classes.size < 20:
+        return 0.0
+    return float(np.bincount(classes).max() / classes.size)
 
 
 _LOGIT_METRICS = ("top1_agreement", "top5_agreement", "kl_divergence", "accuracy", "action_token_accuracy")

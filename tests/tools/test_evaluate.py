@@ -494,3 +494,21 @@ def test_a_stated_kind_the_output_contradicts_is_refused_not_crashed_on() -> Non
     ids.metadata["output_kind"] = "logits"
     with pytest.raises(InvalidArgumentError, match="metadata says 'logits'"):
         evaluate(ids.clone(), reference=ids, num_samples=16)
+
+
+def test_logits_of_a_reference_that_answers_one_class_are_compared_as_vectors() -> None:
+    """A random-weight classifier predicts one class for nearly every input: top-1 agreement would pass
+    any damage there, so its logits are scored by centered cosine, and the reason says why."""
+    from tools.evaluation import DEGENERATE_CLASS_SHARE, _score
+
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(64, 10)).astype(np.float32)
+    ref[:, 3] += 10.0  # class 3 wins for every input
+    damaged = ref + rng.normal(scale=3.0, size=ref.shape).astype(np.float32)
+    damaged[:, 3] += 10.0
+    result = _score("logits", damaged, ref, None, "logits", "a classifier head", None, 0.25)
+    assert result.top1_agreement == 1.0  # blind to the damage
+    assert result.metric == "centered_cosine" and result.accuracy_retained < 0.8
+    assert "one class for 100%" in result.metric_reason and DEGENERATE_CLASS_SHARE == 0.9
+    spread = rng.normal(size=(64, 10)).astype(np.float32)
+    assert _score("logits", spread, spread, None, "logits", "x", None, 0.25).metric == "top1_agreement"
