@@ -349,12 +349,50 @@ def _export_torchscript(handle: ModelHandle, path: Path) -> None:
         _refuse_quantized(handle, "TorchScript")
     try:
         with exportable(handle) as (model, args), torch.no_grad():
+            if isinstance(model, torch.fx.GraphModule):
+                from tools.graph_modules import for_tracing
+
+                model = for_tracing(model)
             traced = torch.jit.trace(model, args, check_trace=False)
+            _check_trace_is_dynamic(handle, model, traced, args)
+    except UnsupportedFormatError:
+        raise
     except Exception as exc:
         raise UnsupportedFormatError(
             "the model could not be traced to TorchScript", details=str(exc)
         ) from exc
     torch.jit.save(traced, str(path), _extra_files=extra)
+
+
+def _check_trace_is_dynamic(handle: ModelHandle, model: Any, traced: Any, args: tuple[Any, ...]) -> None:
+    """A trace can freeze a size the model computes from its input (a reshape to the traced batch):
+    with a dynamic batch axis, the trace must give the model's outputs at another batch size too."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    if not any(s.shape and s.shape[0] is None for s in handle.inputs):
+        return
+    other = tuple(
+        torch.cat([a, a[:1]])
+        if isinstance(a, torch.Tensor) and a.ndim and s.shape and s.shape[0] is None
+        else a
+        for a, s in zip(args, handle.inputs, strict=True)
+    )
+    try:
+        want = [t for t in tree_leaves(model(*other)) if isinstance(t, torch.Tensor)]
+        got = [t for t in tree_leaves(traced(*other)) if isinstance(t, torch.Tensor)]
+        same = len(want) == len(got) and all(
+            w.shape == g.shape and torch.allclose(w.float(), g.float(), rtol=1e-3, atol=1e-4)
+            for w, g in zip(want, got, strict=True)
+        )
+    except Exception as exc:  # noqa: BLE001 - a trace that cannot run at another batch size is frozen
+        same, want = False, [exc]
+    if not same:
+        raise UnsupportedFormatError(
+            "the TorchScript trace of this model is fixed to the traced batch size (it computes shapes "
+            "from its input that tracing records as constants); it can be saved as .pt2 or ONNX",
+            details=str(want[0])[:300] if want and isinstance(want[0], Exception) else None,
+        )
 
 
 def _export_pt2(handle: ModelHandle, path: Path) -> None:

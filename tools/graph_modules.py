@@ -22,6 +22,7 @@ count, residual streams) are never in a group.
 
 from __future__ import annotations
 
+import keyword
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -346,6 +347,7 @@ def module_tree(
         args = tuple(example) if example is not None else _example(handle)
         gm = _convert_torchscript(model, args)
         _restore_parameters(gm, [name for name, _ in model.named_parameters()])
+        _rename_inputs(gm, [a.name for a in model.forward.schema.arguments[1:]])
         report = lift_layers(gm)
         _check_same(model, gm, args)
         return gm, {"converted": "torchscript -> torch.export (TS2EPConverter)", **report.summary()}
@@ -377,6 +379,24 @@ def _restore_parameters(gm: torch.fx.GraphModule, names: list[str]) -> None:
         if tensor is not None and tensor.is_floating_point():
             del holder._buffers[leaf]
             holder.register_parameter(leaf, nn.Parameter(tensor, requires_grad=False))
+
+
+def _rename_inputs(gm: torch.fx.GraphModule, names: list[str]) -> None:
+    """Give the converted graph the TorchScript forward's argument names (a loaded module's graph calls
+    them `obs.1`, which the converter turns into `obs_1`), so what is exported from it is called the same."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    taken = {n.name for n in gm.graph.nodes} - {p.name for p in placeholders}
+    if len(placeholders) != len(names) or len(set(names)) != len(names) or taken & set(names):
+        return
+    if not all(n.isidentifier() and not keyword.iskeyword(n) for n in names):
+        return
+    for node, name in zip(placeholders, names, strict=True):
+        node.target = name
+        node._rename(name)
+    if info is not None and len(info.orig_args) == len(names):
+        gm.graph._codegen.pytree_info = info._replace(orig_args=list(names))
+    gm.recompile()
 
 
 def _convert_torchscript(model: Any, args: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
@@ -697,3 +717,87 @@ def with_io_casts(
     graph.lint()
     out.recompile()
     return out
+
+
+def for_tracing(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """`gm` ready for `torch.jit.trace`, with its dynamic sizes kept dynamic.
+
+    The tracer records a size read (`x.size(d)`) as dynamic, but an int an op returns as a constant,
+    which would freeze the batch size: `sym_size` calls become size reads, `scalar_tensor` of a size a
+    tensor of it, and the shape asserts torch.export added (checks on Python ints, which the tracer
+    cannot evaluate on traced sizes) are dropped with the comparisons feeding them. A new graph module
+    over the same parameters; `gm` itself when there is nothing to change.
+    """
+    import copy
+    import operator
+
+    if not any(n.op == "call_function" and n.target is aten.sym_size.int for n in gm.graph.nodes):
+        return gm
+    graph = copy.deepcopy(gm.graph)
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is aten.sym_size.int:
+            with graph.inserting_before(node):
+                size = graph.call_method("size", tuple(node.args))
+            node.replace_all_uses_with(size)
+            graph.erase_node(node)
+        elif node.target is aten.scalar_tensor.default and isinstance(node.args[0], torch.fx.Node):
+            with graph.inserting_before(node):
+                tensor = graph.call_function(_size_tensor, tuple(node.args), dict(node.kwargs))
+            node.replace_all_uses_with(tensor)
+            graph.erase_node(node)
+        elif node.target is aten._assert_scalar.default:
+            graph.erase_node(node)
+    # An aten overload turns a traced size into a constant; the Python API (what a traced model's own
+    # code calls: `x.view(b, -1)`, `torch.arange(n)`) records it.
+    sizes = {n for n in graph.nodes if n.op == "call_method" and n.target == "size"}
+    for node in graph.nodes:
+        if node in sizes or node.op != "call_function":
+            continue
+        feeds = [a for a in _flat_args(node) if isinstance(a, torch.fx.Node) and a in sizes]
+        if not feeds:
+            continue
+        if not isinstance(node.target, torch._ops.OpOverload):
+            sizes.add(node)  # Python arithmetic on sizes: still a size
+            continue
+        python = _python_op(node.target)
+        if python is not None:
+            node.target = python
+    python_ops = {v for v in vars(operator).values() if callable(v)}
+    changed = True
+    while changed:  # the comparisons that only fed the asserts
+        changed = False
+        for node in list(graph.nodes):
+            if node.op == "call_function" and node.target in python_ops and not node.users:
+                graph.erase_node(node)
+                changed = True
+    out = torch.fx.GraphModule(gm, graph)
+    for attr in ("_in_spec", "_out_spec"):
+        if hasattr(gm, attr):
+            setattr(out, attr, getattr(gm, attr))
+    return out
+
+
+def _flat_args(node: torch.fx.Node) -> list[Any]:
+    flat: list[Any] = []
+    for value in [*node.args, *node.kwargs.values()]:
+        flat.extend(value if isinstance(value, (list, tuple)) else [value])
+    return flat
+
+
+def _python_op(overload: Any) -> Any:
+    """The Python function (`torch.Tensor.view`, `torch.arange`) of an aten overload, or None."""
+    name = overload._schema.name.split("::")[-1]
+    if name in ("view", "reshape", "expand", "new_ones", "new_zeros", "new_full", "new_empty", "repeat"):
+        return getattr(torch.Tensor, name)
+    if name in ("arange", "full", "zeros", "ones", "empty", "scalar_tensor"):
+        return getattr(torch, name)
+    return None
+
+
+def _size_tensor(
+    value: Any, dtype: Any = None, layout: Any = None, device: Any = None, pin_memory: Any = None
+) -> Any:
+    """`aten.scalar_tensor` of a size that may be traced (a tensor while `torch.jit.trace` runs)."""
+    return torch.as_tensor(value, dtype=dtype, device=device)
