@@ -235,3 +235,22 @@ def test_workspace_saves_in_the_uploaded_format_and_says_when_not(
     info = json.loads((Path(path).parent / ARTIFACT_INFO).read_text())
     assert saved == "onnx" and info["converted"] and "ONNX Runtime" in info["note"]
     assert _cosine(run_plain(path, x), reference) >= 0.99
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_half_precision_of_some_layers_keeps_the_rest_in_float32(
+    fmt: str,
+    files: dict[tuple[str, str], Path],
+    handles: dict[tuple[str, str], ModelHandle],
+    inputs: dict[str, dict[str, np.ndarray]],
+    tmp_path: Path,
+) -> None:
+    handle = handles[("mlp", fmt)]
+    half = quantize(handle, "fp16", exclude=["head"])
+    result = half.recipe[-1]["result"]
+    assert result["kept_float"] == ["head"] and "head" not in result["layers"]
+    assert half.model.get_submodule("head").weight.dtype == torch.float32
+    assert half.model.get_submodule("body.0").weight.dtype == torch.float16
+    path = export(half, fmt, tmp_path / f"half{EXT[fmt]}")
+    x = inputs["mlp"]
+    assert _cosine(run_plain(path, x), run_plain(files[("mlp", fmt)], x)) >= 0.9999
