@@ -27,6 +27,7 @@ from tools.signatures import (
     program_value_ranges,
     torchscript_argument_names,
     torchscript_signature,
+    traced_input_shapes,
 )
 
 # Extra file in TorchScript and .pt2 archives written by tools.exporting, holding the input signature.
@@ -199,7 +200,7 @@ def _load_torchscript(path: Path, device: str) -> tuple[Any, Signature]:
     saved = _saved_specs(extra[TORCHSCRIPT_META])
     if saved:  # our own export states the signature
         return module, Signature(inputs=saved, argument_names=torchscript_argument_names(module))
-    return module, torchscript_signature(module)
+    return module, torchscript_signature(module, traced_input_shapes(path))
 
 
 def _merge_saved(specs: list[InputSpec], saved: list[InputSpec], *, names: bool = True) -> list[InputSpec]:

@@ -168,16 +168,22 @@ def _read_ts_input(module: Any, value: Any, name: str) -> tuple[InputSpec | None
     return None, f"'{name}': no consumer in the graph tells its shape"
 
 
-def torchscript_signature(module: Any) -> Signature:
-    """The signature of a TorchScript module, read from its graph and completed by probing sizes."""
+def torchscript_signature(module: Any, traced: list[tuple[list[int], str]] | None = None) -> Signature:
+    """The signature of a TorchScript module, read from its graph and the example inputs it was traced
+    with (`traced_inputs`), else completed by probing sizes."""
     graph = module.inlined_graph
     values = list(graph.inputs())[1:]
     names = [_clean_name(v.debugName()) for v in values]
+    if traced is not None and len(traced) != len(names):
+        traced = None
     specs: list[InputSpec] = []
     missing: list[str] = []
     spatial: list[int] = []
     for i, (value, name) in enumerate(zip(values, names, strict=True)):
         spec, problem = _read_ts_input(module, value, name)
+        if traced is not None:
+            spec = _with_traced_shape(spec, name, *traced[i])
+            problem = None
         if spec is None:
             missing.append(problem or name)
             continue
@@ -185,6 +191,8 @@ def torchscript_signature(module: Any) -> Signature:
             spatial.append(i)
         specs.append(spec)
     sig = Signature(inputs=specs, missing=missing, argument_names=names, source="graph")
+    if traced is not None:
+        sig.notes.append("shapes of the example inputs the module was traced with, batch axis dynamic")
     if missing or not specs:
         return sig
     # Sequence axes stay dynamic; images need a size the model accepts: try the usual ones on it.
@@ -203,6 +211,81 @@ def torchscript_signature(module: Any) -> Signature:
             "does not state it); pass input_signature to choose another"
         )
     return sig
+
+
+def _with_traced_shape(spec: InputSpec | None, name: str, shape: list[int], dtype: str) -> InputSpec:
+    """The traced example's shape and dtype (batch axis dynamic), keeping what the graph told: the
+    value range, and dynamic sequence axes of token ids."""
+    traced = [None, *shape[1:]] if shape else []
+    if spec is None:
+        return _default_range(InputSpec(name=name, shape=traced, dtype=dtype), None)
+    if len(spec.shape) == len(traced):
+        traced = [
+            None if g is None and i > 0 and spec.dtype.startswith("int") else t
+            for i, (g, t) in enumerate(zip(spec.shape, traced, strict=True))
+        ]
+    return _default_range(spec.model_copy(update={"shape": traced, "dtype": dtype}), None)
+
+
+_STORAGE_DTYPES = {
+    "FloatStorage": "float32",
+    "DoubleStorage": "float64",
+    "HalfStorage": "float16",
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": "int64",
+    "IntStorage": "int32",
+    "ByteStorage": "uint8",
+    "BoolStorage": "bool",
+}
+
+
+def traced_input_shapes(path: Any) -> list[tuple[list[int], str]] | None:
+    """The shapes and dtypes of the example inputs `torch.jit.trace` stored in the archive
+    (`<name>/traced_inputs.pkl`), or None. Read by an unpickler that knows only the few names such a
+    file holds and turns them into plain shape records: no tensor is built, no other code is reached."""
+    import pickle
+    import zipfile
+    from collections import OrderedDict
+
+    class _Tensor(tuple):  # (shape, dtype)
+        pass
+
+    def rebuild(storage: str, _offset: int, size: tuple[int, ...], *_rest: Any) -> _Tensor:
+        return _Tensor(([int(d) for d in size], storage))
+
+    allowed = {
+        ("torch.jit._pickle", "restore_type_tag"): lambda obj, _tag: obj,
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild,
+        ("collections", "OrderedDict"): OrderedDict,
+        **{("torch", k): v for k, v in _STORAGE_DTYPES.items()},
+    }
+
+    class _Reader(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            try:
+                return allowed[(module, name)]
+            except KeyError:
+                raise pickle.UnpicklingError(f"{module}.{name} is not part of traced inputs") from None
+
+        def persistent_load(self, pid: Any) -> Any:
+            return pid[1]  # ('storage', dtype name, key, location, numel)
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = [
+                n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/traced_inputs.pkl")
+            ]
+            if len(entries) != 1:
+                return None
+            import io
+
+            stored = _Reader(io.BytesIO(archive.read(entries[0]))).load()
+        args = stored.get("forward") if isinstance(stored, dict) else None
+        if not isinstance(args, (list, tuple)) or not all(isinstance(a, _Tensor) for a in args):
+            return None
+        return [(list(a[0]), str(a[1])) for a in args]
+    except Exception:  # noqa: BLE001 - anything unexpected: read the graph instead
+        return None
 
 
 def _probe_side(module: Any, specs: list[InputSpec], index: int) -> int | None:

@@ -68,7 +68,8 @@ def test_torchscript_signature_from_its_graph(model_files: dict[str, Path]) -> N
 
 
 def test_signature_not_in_the_graph_is_named_missing(tmp_path: Path) -> None:
-    """An input nothing in the graph sizes (it goes straight into a reshape) is named, not guessed."""
+    """An input nothing in the graph sizes (it goes straight into a reshape) is named, not guessed;
+    traced, the same module states its example's shape."""
 
     class Reshaper(torch.nn.Module):
         def __init__(self) -> None:
@@ -79,7 +80,8 @@ def test_signature_not_in_the_graph_is_named_missing(tmp_path: Path) -> None:
             return self.fc(x.reshape(x.shape[0], -1))
 
     path = tmp_path / "reshaper.pt"
-    torch.jit.save(torch.jit.trace(Reshaper().eval(), torch.randn(2, 3, 4)), path)
+    # Scripted, not traced: no example inputs are stored with it.
+    torch.jit.save(torch.jit.script(Reshaper().eval()), path)
     handle = load_model(path)
     assert handle.inputs == [] and handle.metadata["input_names"] == ["x"]
     assert "'x'" in handle.metadata["signature_missing"][0]
@@ -87,6 +89,10 @@ def test_signature_not_in_the_graph_is_named_missing(tmp_path: Path) -> None:
         require_inputs(handle)
     handle = load_model(path, inputs=[InputSpec(name="x", shape=[None, 3, 4])])
     assert forward(handle, synthesize_inputs(handle.inputs, batch_size=2)).shape == (2, 2)
+    torch.jit.save(torch.jit.trace(Reshaper().eval(), torch.randn(5, 3, 4)), path)
+    handle = load_model(path)
+    assert [(s.name, s.shape, s.dtype) for s in handle.inputs] == [("x", [None, 3, 4], "float32")]
+    assert "traced with" in handle.metadata["signature_notes"][0]
 
 
 def test_signature_value_ranges_from_the_graph(tmp_path: Path) -> None:
@@ -196,3 +202,24 @@ def test_public_api_names() -> None:
     assert issubclass(tools.UnsafeModelError, tools.ToolError)
     with pytest.raises(AttributeError):
         _ = tools.not_a_tool
+
+
+def test_image_size_probed_when_the_file_does_not_state_it(tmp_path: Path) -> None:
+    """A scripted CNN states its channels (the first conv) but no image size: the first usual size the
+    model accepts is taken, and the notes say so."""
+
+    class Cnn(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3, stride=2)
+            self.head = torch.nn.Linear(4 * 15 * 15, 2)  # only 32x32 images fit this head
+
+        def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+            return self.head(self.conv(pixel_values).flatten(1))
+
+    path = tmp_path / "cnn.pt"
+    torch.jit.save(torch.jit.script(Cnn().eval()), path)
+    handle = load_model(path)
+    (spec,) = handle.inputs
+    assert (spec.shape, spec.low, spec.high) == ([None, 3, 32, 32], 0.0, 1.0)
+    assert "spatial size 32" in handle.metadata["signature_notes"][0]
