@@ -412,6 +412,8 @@ def _convert_torchscript(model: Any, args: tuple[torch.Tensor, ...]) -> torch.fx
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = TS2EPConverter(model, args).convert()
+            # The converter's guards come from its example (batch 2); `_check_same` also runs batch 1,
+            # where a guard can refuse what the TorchScript module takes: that conversion is refused.
             return program.module()
     except Exception as exc:  # noqa: BLE001 - the converter's failures are many and untyped
         raise UnsupportedFormatError(
@@ -425,9 +427,22 @@ def _convert_torchscript(model: Any, args: tuple[torch.Tensor, ...]) -> torch.fx
 
 
 def _check_same(reference: Any, converted: Any, args: tuple[torch.Tensor, ...]) -> None:
+    _check_same_at(reference, converted, args)
+    if all(a.dim() > 0 and a.shape[0] > 1 for a in args):
+        _check_same_at(reference, converted, tuple(a[:1] for a in args))
+
+
+def _check_same_at(reference: Any, converted: Any, args: tuple[torch.Tensor, ...]) -> None:
     with torch.no_grad():
         want = _first(reference(*args))
-        got = _first(converted(*args))
+        try:
+            got = _first(converted(*args))
+        except Exception as exc:  # noqa: BLE001 - a converted graph that refuses the module's inputs
+            raise UnsupportedFormatError(
+                "the torch.export graph converted from this TorchScript module does not run on inputs the "
+                "module takes; use dynamic_int8 / static_int8 with backend='onnxruntime' instead",
+                details=f"batch {args[0].shape[0] if args and args[0].dim() else '?'}: {str(exc)[:300]}",
+            ) from exc
     if want.shape != got.shape or not torch.allclose(want.float(), got.float(), rtol=1e-3, atol=1e-4):
         diff = (want.float() - got.float()).abs().max().item() if want.shape == got.shape else None
         raise UnsupportedFormatError(
