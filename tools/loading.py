@@ -96,15 +96,16 @@ def load_model(
             sig = Signature(inputs=input_specs(ref))
             source = "architecture"
     data = _eval_data(eval_data)
-    known = sig.inputs
     if inputs is not None:
         given = parse_signature([s.model_dump() if isinstance(s, InputSpec) else s for s in inputs])
-        specs = merge_signature(given, known, sig.argument_names, dtypes_known=dtypes_known)
+        specs = merge_signature(given, sig.inputs, sig.argument_names, dtypes_known=dtypes_known)
         source, missing = "given", []
     elif data is not None and (not sig.complete or sig.source == "graph"):
         # The evaluation data's names and shapes are the signature the user means (checked against
         # what the graph tells).
-        specs = merge_signature(specs_from_data(data), known, sig.argument_names, dtypes_known=dtypes_known)
+        specs = merge_signature(
+            specs_from_data(data), sig.inputs, sig.argument_names, dtypes_known=dtypes_known
+        )
         source, missing = "eval_data", []
     elif sig.complete:
         specs, missing = sig.inputs, []
