@@ -29,14 +29,12 @@ from api.model_files import (
     ProbedSignature,
     ToolError,
     check_eval_data,
-    check_model_file,
     probe_input_spec,
-    report_details,
 )
+from api.registration import NAMESPACE, IncomingFile, ModelFields, register_model, tool_error
 from api.schemas.models import DeleteResponse, ModelList, ModelPublic, UploadResponse
 from api.session_usage import model_in_use
 from api.uploads import ReceivedUpload, receive_upload
-from state.artifacts import new_id
 from state.registry import ModelRecord
 from state.users import User
 from tools.errors import DataMismatchError, UnsafeModelError
@@ -47,7 +45,6 @@ from tools.signatures import parse_signature
 log = logging.getLogger("robopt.models")
 router = APIRouter(prefix="/models", tags=["models"])
 
-NAMESPACE = "models"
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
 
@@ -93,8 +90,7 @@ async def get_owned_model(db: AsyncSession, model_id: str, user: User) -> ModelR
     return record
 
 
-def _tool_error(exc: ToolError, status: int = 422) -> ApiError:
-    return ApiError(status, exc.code, exc.message, exc.details)
+_tool_error = tool_error
 
 
 def _refuse(
@@ -171,7 +167,6 @@ async def upload_model(
     request: Request, user: CurrentUser, db: DbDep, settings: SettingsDep, store: StoreDep
 ) -> UploadResponse:
     received: ReceivedUpload | None = None
-    model_dir: Path | None = None
     try:
         received = await receive_upload(
             request,
@@ -179,57 +174,22 @@ async def upload_model(
             max_file_bytes=settings.max_upload_bytes,
             allowed_extensions=MODEL_EXTENSIONS,
         )
-        name = _text_field(received.fields, "name", MAX_NAME) or Path(received.filename).stem
-        description = _text_field(received.fields, "description", MAX_DESCRIPTION)
-        architecture = _parse_architecture(received.fields.get("architecture"))
-        given = parse_input_signature(received.fields.get("input_signature"))
-        try:
-            report = await run_isolated(check_model_file, received.path, received.extension)
-            if given is not None and not report.loadable:
-                raise ApiError(
-                    422,
-                    "validation_error",
-                    f"A {report.format} model is stored for inspection only; it takes no input_signature",
-                )
-            probed = await run_isolated(probe_input_spec, received.path, report, architecture, given)
-        except ToolError as exc:
-            raise _tool_error(exc) from exc
-        input_spec = probed.inputs
-
-        model_id = new_id()
-        model_dir = store.directory(NAMESPACE, model_id)
-        destination = model_dir / f"model{received.extension}"
-        os.replace(received.path, destination)  # same file system: an atomic rename, no copy
-        record = ModelRecord(
-            id=model_id,
-            owner_id=user.id,
-            name=name,
-            description=description,
-            format=report.format,
-            extension=received.extension,
-            original_filename=received.filename,
-            size_bytes=received.size,
-            sha256=received.sha256,
-            stored_path=str(destination.resolve()),
-            architecture=architecture.model_dump() if architecture else None,
-            input_spec=[s.model_dump() for s in input_spec] if input_spec else None,
-            format_details={
-                **report_details(report),
-                **({"signature": probed.info} if probed.info else {}),
-                **({"outputs": probed.outputs} if probed.outputs is not None else {}),
-            },
+        fields = ModelFields(
+            name=_text_field(received.fields, "name", MAX_NAME) or Path(received.filename).stem,
+            description=_text_field(received.fields, "description", MAX_DESCRIPTION),
+            architecture=_parse_architecture(received.fields.get("architecture")),
+            input_signature=parse_input_signature(received.fields.get("input_signature")),
         )
-        db.add(record)
-        await db.commit()
-        await db.refresh(record)
+        incoming = IncomingFile(
+            path=received.path,
+            filename=received.filename,
+            extension=received.extension,
+            size=received.size,
+            sha256=received.sha256,
+        )
+        record = await register_model(db, store, user, incoming, fields)
     except ApiError as err:
-        if model_dir is not None:
-            store.remove(NAMESPACE, model_dir.name)
         raise _refuse(request, user, received, "model", err) from None
-    except BaseException:
-        if model_dir is not None:
-            store.remove(NAMESPACE, model_dir.name)
-        raise
     finally:
         if received is not None:
             received.discard()
