@@ -33,6 +33,9 @@ class Settings(BaseSettings):
 
     # Uploads and HTTP.
     max_upload_mb: int = Field(default=500, ge=1)
+    # Archives of model directories (.zip, .tar, .tar.gz): caps checked before and while extracting.
+    max_archive_members: int = Field(default=10000, ge=1)
+    max_unpacked_gb: float = Field(default=60.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     environment: Literal["development", "production"] = "development"
 
@@ -80,6 +83,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_unpacked_bytes(self) -> int:
+        return int(self.max_unpacked_gb * 1024**3)
 
 
 @lru_cache
