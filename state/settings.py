@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     max_archive_members: int = Field(default=10000, ge=1)
     max_unpacked_gb: float = Field(default=60.0, gt=0)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Resumable (tus) uploads under /uploads, and the per-user storage quota they are checked against.
+    max_resumable_upload_gb: float = Field(default=50.0, gt=0)
+    user_storage_quota_gb: float = Field(default=200.0, gt=0)
+    upload_expiry_h: float = Field(default=24.0, gt=0)
+    upload_cleanup_interval_s: float = Field(default=600.0, gt=0)
+    # Server-side import: allow-listed directories (comma-separated; empty = import disabled) and roles.
+    model_import_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    import_allowed_roles: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["admin"])
     environment: Literal["development", "production"] = "development"
 
     # Agent and LLM. No LLM_MODEL means the offline rules planner.
@@ -55,7 +63,7 @@ class Settings(BaseSettings):
     # Nice value of the session compute threads (0 = the server's own priority); see agents/compute.py.
     compute_nice: int = Field(default=10, ge=0, le=19)
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "model_import_dirs", "import_allowed_roles", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
@@ -83,6 +91,18 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_resumable_upload_bytes(self) -> int:
+        return int(self.max_resumable_upload_gb * 1024**3)
+
+    @property
+    def user_storage_quota_bytes(self) -> int:
+        return int(self.user_storage_quota_gb * 1024**3)
+
+    @property
+    def resumable_uploads_dir(self) -> Path:
+        return self.uploads_dir / "resumable"
 
     @property
     def max_unpacked_bytes(self) -> int:
