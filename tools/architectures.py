@@ -175,6 +175,16 @@ class ViTConfig(BaseModel):
     class_token: bool = True
     layer_scale: bool = Field(False, description="Per-channel residual scales (DINOv2).")
     in_channels: int = 3
+    pos_embed_prefix: bool = Field(
+        True,
+        description=(
+            "Position embeddings cover the class token too; False: the patches only, added before the "
+            "class and register tokens are prepended (timm's no_embed_class, as OpenVLA's DINOv2)."
+        ),
+    )
+    final_norm: bool = Field(
+        True, description="LayerNorm after the last block; OpenVLA reads its featurizers' blocks without it."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ViTConfig:
@@ -214,6 +224,26 @@ class VLAConfig(_Config):
             "OpenVLA's greedy decoding, prefill then one token per step over a KV cache."
         ),
     )
+    text_before_image: int = Field(
+        0, ge=0, description="Instruction tokens placed before the image tokens (OpenVLA: 1, its BOS token)."
+    )
+    action_token_end: int | None = Field(
+        None,
+        description=(
+            "One past the highest action-token id; default the vocabulary size. OpenVLA's action tokens "
+            "end where its tokenizer's vocabulary does, below the padding rows of the embedding table."
+        ),
+    )
+    action_tokens_descending: bool = Field(
+        False, description="Bin 0 is the highest action-token id (OpenVLA's action tokenizer)."
+    )
+    greedy_over: Literal["action_bins", "vocabulary"] = Field(
+        "action_bins",
+        description=(
+            "Autoregressive decoding feeds back the arg-max over the action bins, or over the whole "
+            "vocabulary as Hugging Face's generate does for OpenVLA."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> VLAConfig:
@@ -223,7 +253,15 @@ class VLAConfig(_Config):
             raise ValueError("llm_dim / llm_heads must be an even integer (rotary embeddings)")
         if self.vocab_size < self.action_bins:
             raise ValueError("vocab_size must be >= action_bins")
+        if not self.action_bins <= self.action_tokens_end <= self.vocab_size:
+            raise ValueError("action_token_end must lie in [action_bins, vocab_size]")
+        if self.text_before_image > self.instruction_len:
+            raise ValueError("text_before_image must be <= instruction_len")
         return self
+
+    @property
+    def action_tokens_end(self) -> int:
+        return self.vocab_size if self.action_token_end is None else self.action_token_end
 
     @property
     def fused_width(self) -> int:
@@ -327,20 +365,27 @@ class ViTEncoder(nn.Module):
         self.register_tokens = (
             nn.Parameter(torch.zeros(1, cfg.num_registers, cfg.width)) if cfg.num_registers else None
         )
-        # Position embeddings cover the class token and the patches; registers have none (DINOv2).
-        self.pos_embed = nn.Parameter(torch.zeros(1, n_prefix + cfg.num_patches, cfg.width))
+        # Position embeddings cover the class token (unless pos_embed_prefix is off) and the patches;
+        # registers have none (DINOv2).
+        covered = n_prefix if cfg.pos_embed_prefix else 0
+        self.pos_embed = nn.Parameter(torch.zeros(1, covered + cfg.num_patches, cfg.width))
+        self.pos_embed_prefix = cfg.pos_embed_prefix
         self.blocks = nn.ModuleList(ViTBlock(cfg) for _ in range(cfg.depth))
-        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6) if cfg.final_norm else nn.Identity()
         self.num_prefix = n_prefix + cfg.num_registers
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(images).flatten(2).transpose(1, 2)
         b = x.shape[0]
+        n_cls = 0 if self.cls_token is None else 1
+        if not self.pos_embed_prefix:
+            x = x + self.pos_embed
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(b, -1, -1), x], dim=1)
-        x = x + self.pos_embed
+        if self.pos_embed_prefix:
+            x = x + self.pos_embed
         if self.register_tokens is not None:
-            x = torch.cat([x[:, :1], self.register_tokens.expand(b, -1, -1), x[:, 1:]], dim=1)
+            x = torch.cat([x[:, :n_cls], self.register_tokens.expand(b, -1, -1), x[:, n_cls:]], dim=1)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)[:, self.num_prefix :]
@@ -409,6 +454,10 @@ class VLA(nn.Module):
         super().__init__()
         self.action_dims = cfg.action_dims
         self.action_bins = cfg.action_bins
+        self.action_tokens_end = cfg.action_tokens_end
+        self.action_tokens_descending = cfg.action_tokens_descending
+        self.greedy_over = cfg.greedy_over
+        self.text_before_image = cfg.text_before_image
         self.vision_dino = ViTEncoder(cfg.dino)
         self.vision_siglip = ViTEncoder(cfg.siglip)
         self.projector = Projector(cfg.fused_width, cfg.projector_hidden or 4 * cfg.fused_width, cfg.llm_dim)
@@ -422,13 +471,10 @@ class VLA(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.llm_layers))
         self.norm = RMSNorm(cfg.llm_dim, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.llm_dim, cfg.vocab_size, bias=False)
-        head_dim = cfg.llm_dim // cfg.llm_heads
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(cfg.sequence_len, dtype=torch.float32), inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
+        cos, sin = rope_tables(cfg)
         # Not persistent: derived from the config, so state dicts carry only learned weights.
-        self.register_buffer("rope_cos", angles.cos(), persistent=False)
-        self.register_buffer("rope_sin", angles.sin(), persistent=False)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
 
     def _prefix(
         self, images_a: torch.Tensor, images_b: torch.Tensor, instruction_ids: torch.Tensor
@@ -436,7 +482,8 @@ class VLA(nn.Module):
         patches = torch.cat([self.vision_dino(images_a), self.vision_siglip(images_b)], dim=-1)
         image_tokens = self.projector(patches)
         text = self.embed_tokens(instruction_ids)
-        return torch.cat([image_tokens.to(text.dtype), text], dim=1)
+        k = self.text_before_image
+        return torch.cat([text[:, :k], image_tokens.to(text.dtype), text[:, k:]], dim=1)
 
     def hidden_states(
         self, images_a: torch.Tensor, images_b: torch.Tensor, instruction_ids: torch.Tensor
@@ -453,7 +500,19 @@ class VLA(nn.Module):
         return self.norm(x[:, -self.action_dims :])
 
     def _bin_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)[..., -self.action_bins :]
+        return self._action_slice(self.lm_head(hidden))
+
+    def _action_slice(self, logits: torch.Tensor) -> torch.Tensor:
+        """The action-bin logits (bin order) out of the whole vocabulary's."""
+        end = self.action_tokens_end
+        bins = logits[..., end - self.action_bins : end]
+        return bins.flip(-1) if self.action_tokens_descending else bins
+
+    def _bin_token(self, bins: torch.Tensor) -> torch.Tensor:
+        """The token id of each action bin index."""
+        if self.action_tokens_descending:
+            return self.action_tokens_end - 1 - bins
+        return bins + (self.action_tokens_end - self.action_bins)
 
     def forward(
         self, images_a: torch.Tensor, images_b: torch.Tensor, instruction_ids: torch.Tensor
@@ -475,11 +534,14 @@ class VLA(nn.Module):
             for layer, cache in zip(self.layers, caches, strict=True):
                 x = layer(x, rope, pos=pos, cache=cache)
             pos += x.shape[1]
-            logits = self._bin_logits(self.norm(x[:, -1:]))
+            full = self.lm_head(self.norm(x[:, -1:]))
+            logits = self._action_slice(full)
             steps.append(logits)
             if i + 1 < self.action_dims:
-                # Action bins are the last `action_bins` ids of the vocabulary.
-                token = logits.argmax(-1) + (self.embed_tokens.num_embeddings - self.action_bins)
+                if self.greedy_over == "vocabulary":
+                    token = full.argmax(-1)
+                else:
+                    token = self._bin_token(logits.argmax(-1))
                 x = self.embed_tokens(token)
         return torch.cat(steps, dim=1)
 
@@ -490,6 +552,18 @@ class VLA(nn.Module):
         """Continuous actions in [-1, 1]: the centre of the arg-max bin of each action dimension."""
         bins = self.forward(images_a, images_b, instruction_ids).argmax(-1).float()
         return bins_to_actions(bins, self.action_bins)
+
+
+def rope_tables(
+    cfg: VLAConfig, device: str | torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary cos/sin tables [sequence_len, head_dim] (Llama's default rotary embedding)."""
+    head_dim = cfg.llm_dim // cfg.llm_heads
+    steps = torch.arange(0, head_dim, 2, dtype=torch.float32, device=device)
+    inv_freq = 1.0 / (cfg.rope_theta ** (steps / head_dim))
+    angles = torch.outer(torch.arange(cfg.sequence_len, dtype=torch.float32, device=device), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
 
 
 def bins_to_actions(bins: torch.Tensor, num_bins: int = 256) -> torch.Tensor:
