@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
-ModelFormat = Literal["onnx", "torchscript", "pt2", "state_dict", "safetensors"]
+ModelFormat = Literal["onnx", "torchscript", "pt2", "state_dict", "safetensors", "hf_directory"]
 Runtime = Literal["torch", "onnx"]
 
 
