@@ -33,6 +33,7 @@ from agents.state import BASELINE_VERSION
 from agents.toolset import method_choices
 from agents.workspace import ARTIFACT_INFO, ModelSource, Workspace
 from state.artifacts import ArtifactStore, new_id, sha256_file
+from state.digests import DigestError, content_digest
 from state.event_log import EventLog
 from state.registry import ModelRecord
 from state.sessions import TERMINAL_STATUSES, OptimizationSession, SessionMessage
@@ -221,6 +222,21 @@ class SessionRunner:
             model = await db.get(ModelRecord, row.model_id)
             return row, model
 
+    async def _imported_model_changed(self, model: ModelRecord) -> str | None:
+        """Why an imported model (files outside the store) cannot be used: they changed since import."""
+        if not (model.format_details or {}).get("imported"):
+            return None
+        try:
+            digest = await asyncio.to_thread(content_digest, Path(model.stored_path))
+        except (OSError, DigestError) as exc:
+            return f"the imported model's files at {model.stored_path} can no longer be read: {exc}"
+        if digest != model.sha256:
+            return (
+                f"the imported model's files at {model.stored_path} changed since they were imported "
+                f"(sha256 {model.sha256[:12]}... recorded, {digest[:12]}... now); import them again"
+            )
+        return None
+
     # -- running -----------------------------------------------------------------------------
 
     async def run(self, session_id: str) -> None:
@@ -240,6 +256,10 @@ class SessionRunner:
         )
         if model is None:
             await self._fail(session_id, "the model of this session no longer exists")
+            return
+        changed = await self._imported_model_changed(model)
+        if changed is not None:
+            await self._fail(session_id, changed)
             return
         ctx = self._context(row, model)
         graph = build_graph(ctx, checkpointer=self.checkpointer)

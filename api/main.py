@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import importlib.util
 import logging
@@ -19,6 +20,7 @@ from api.log import configure_logging, security_event
 from api.metrics import Metrics
 from api.middleware import REQUEST_ID_HEADER, ApiCORSMiddleware, RequestContextMiddleware
 from api.ratelimit import LoginRateLimiter
+from api.resumable import TUS_REQUEST_HEADERS, TUS_RESPONSE_HEADERS, cleanup_loop
 from api.routers import all_routers
 from api.security import (
     DEFAULT_ADMIN_PASSWORD,
@@ -47,6 +49,11 @@ TAGS = [
     },
     {"name": "users", "description": "User administration (administrators only)."},
     {"name": "models", "description": "Upload, list, download and delete models; attach evaluation data."},
+    {
+        "name": "uploads",
+        "description": "Resumable uploads (tus 1.0) for files of gigabytes; POST /models/from-upload "
+        "registers a finished one.",
+    },
     {"name": "optimization", "description": "Start, watch, cancel and roll back optimization sessions."},
 ]
 
@@ -136,6 +143,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.started_at = time.monotonic()
     _remove_stale_partial_uploads(settings)
     await bootstrap_admin(app)
+    # Expired resumable uploads are swept now and then every UPLOAD_CLEANUP_INTERVAL_S.
+    cleanup = asyncio.create_task(cleanup_loop(app.state.sessionmaker, settings), name="upload-cleanup")
     runtime = _runtime_module()
     if runtime is not None:
         await runtime.start(app)
@@ -145,6 +154,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        cleanup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleanup
         if runtime is not None:
             await runtime.stop(app)
         await app.state.engine.dispose()
@@ -189,9 +201,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ApiCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_credentials=False,  # bearer tokens, no cookies
-            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", REQUEST_ID_HEADER],
-            expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+            allow_methods=["GET", "HEAD", "POST", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Last-Event-ID",
+                REQUEST_ID_HEADER,
+                *TUS_REQUEST_HEADERS,
+            ],
+            expose_headers=[REQUEST_ID_HEADER, "Retry-After", *TUS_RESPONSE_HEADERS],
         )
     # Added last so it is the outermost of ours: every response, CORS ones included, gets an id.
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)

@@ -11,7 +11,7 @@ import importlib.util
 
 from fastapi import APIRouter
 
-from api.routers import auth, models, monitoring, users
+from api.routers import auth, models, monitoring, uploads, users
 
 # Optional routers: included when their module exists. find_spec (rather than catching ImportError)
 # so that a real import error inside such a module still fails loudly.
@@ -19,7 +19,7 @@ OPTIONAL_ROUTER_MODULES = ("api.routers.sessions",)
 
 
 def all_routers() -> list[APIRouter]:
-    routers = [monitoring.router, auth.router, users.router, models.router]
+    routers = [monitoring.router, auth.router, users.router, models.router, uploads.router]
     for name in OPTIONAL_ROUTER_MODULES:
         if importlib.util.find_spec(name) is not None:
             routers.append(importlib.import_module(name).router)

@@ -31,8 +31,19 @@ from api.model_files import (
     check_eval_data,
     probe_input_spec,
 )
+from api.model_sources import (
+    finished_upload_file,
+    import_file,
+    imported_details,
+    model_fields,
+    resolve_import_path,
+    verify_imported,
+)
 from api.registration import NAMESPACE, IncomingFile, ModelFields, register_model, tool_error
+from api.resumable import remove_upload
+from api.routers.uploads import get_owned_upload
 from api.schemas.models import DeleteResponse, ModelList, ModelPublic, UploadResponse
+from api.schemas.uploads import FromUploadRequest, ImportRequest
 from api.session_usage import model_in_use
 from api.uploads import ReceivedUpload, receive_upload
 from state.registry import ModelRecord
@@ -94,7 +105,7 @@ _tool_error = tool_error
 
 
 def _refuse(
-    request: Request, user: User, received: ReceivedUpload | None, kind: str, err: ApiError
+    request: Request, user: User, received: ReceivedUpload | IncomingFile | None, kind: str, err: ApiError
 ) -> ApiError:
     request.app.state.metrics.uploads.labels(kind, "refused").inc()
     security_event(
@@ -249,6 +260,7 @@ async def get_model(model_id: str, user: CurrentUser, db: DbDep) -> ModelPublic:
 )
 async def download_model(model_id: str, user: CurrentUser, db: DbDep) -> FileResponse:
     record = await get_owned_model(db, model_id, user)
+    await verify_imported(record)
     path = Path(record.stored_path)
     if not path.is_file():
         log.error("model %s: file %s is missing from the artifact store", record.id, path)
@@ -382,3 +394,74 @@ async def attach_evaluation_data(
             received.discard()
     request.app.state.metrics.uploads.labels("eval_data", "accepted").inc()
     return ModelPublic.model_validate(record)
+
+
+# -- models from bytes already on the server (resumable uploads, server-side import) --------------
+
+
+@router.post(
+    "/from-upload",
+    response_model=UploadResponse,
+    summary="Register a finished resumable upload as a model",
+    description="JSON: `upload_id` (a finished upload of yours, see /uploads), `name`, `description`, "
+    "optional `architecture` and `input_signature`. Validated like a multipart upload; the file is moved "
+    "into the registry (no copy) and the upload is gone. A refused file is removed with its upload.",
+    responses=error_responses(401, 404, 409, 410, 422),
+)
+async def model_from_upload(
+    body: FromUploadRequest,
+    request: Request,
+    user: CurrentUser,
+    db: DbDep,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> UploadResponse:
+    upload = await get_owned_upload(db, body.upload_id, user, settings)
+    fields = model_fields(body, parse_input_signature)
+    incoming = await asyncio.to_thread(finished_upload_file, settings, upload)
+    try:
+        record = await register_model(db, store, user, incoming, fields, extra_details={"received_by": "tus"})
+    except ApiError as err:
+        await remove_upload(db, settings, upload)
+        raise _refuse(request, user, incoming, "model", err) from None
+    await remove_upload(db, settings, upload)  # its file is now the model's
+    request.app.state.metrics.uploads.labels("model", "accepted").inc()
+    request.app.state.metrics.upload_bytes.inc(record.size_bytes)
+    log.info(
+        "model %s registered from upload %s by %s, sha256 %s", record.id, upload.id, user.id, record.sha256
+    )
+    return UploadResponse(model_id=record.id, **ModelPublic.model_validate(record).model_dump())
+
+
+@router.post(
+    "/import",
+    response_model=UploadResponse,
+    summary="Register a model file or directory that is already on the server (no copy)",
+    description="JSON: `path` under one of MODEL_IMPORT_DIRS (symlinks resolved, then checked), `name`, "
+    "`description`, optional `architecture` and `input_signature`. Roles in IMPORT_ALLOWED_ROLES only "
+    "(default: administrators). The files stay where they are; their SHA-256 is recorded and checked "
+    "again before a session or a download uses them. Deleting the model never deletes them.",
+    responses=error_responses(400, 401, 403, 404, 409, 422),
+)
+async def import_model(
+    body: ImportRequest,
+    request: Request,
+    user: CurrentUser,
+    db: DbDep,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> UploadResponse:
+    try:
+        resolved = resolve_import_path(body.path, user, settings)
+        fields = model_fields(body, parse_input_signature)
+        incoming = await asyncio.to_thread(import_file, resolved, MODEL_EXTENSIONS)
+        record = await register_model(
+            db, store, user, incoming, fields, adopt=False, extra_details=imported_details(resolved)
+        )
+    except ApiError as err:
+        security_event(
+            "import_refused", user_id=user.id, path=body.path[:500], status=err.status_code, reason=err.error
+        )
+        raise
+    log.info("model %s imported by %s from %s, sha256 %s", record.id, user.id, resolved, record.sha256)
+    return UploadResponse(model_id=record.id, **ModelPublic.model_validate(record).model_dump())
