@@ -201,7 +201,9 @@ def evaluate(
         applies = output is None or name == output
         forced, kind_given = (metric, output_kind) if applies else (None, None)
         t = np.asarray(targets) if targets is not None and name == target_output else None
-        kind, why = _kind(handle, reference, name, names.index(name), ref, t, kind_given, guesses[name])
+        kind, why = output_kind_of(
+            handle, reference, name, names.index(name), ref, t, kind_given, guesses[name]
+        )
         results.append(_score(name, cand, ref, t, kind, why, forced, tolerance))
 
     if output is not None:
@@ -391,7 +393,7 @@ def _listing(names: list[str]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _kind(
+def output_kind_of(
     handle: ModelHandle,
     reference: ModelHandle,
     name: str,
@@ -401,6 +403,8 @@ def _kind(
     forced: str | None,
     guess: KindGuess,
 ) -> tuple[OutputKind, str]:
+    """What output `name` (at `position`) is, and why: the rules of the module docstring, first match wins
+    (also used by tools.distillation to fit its loss to each output)."""
     if forced is not None:
         return forced, f"output_kind '{forced}' given"  # type: ignore[return-value]
     for h in (handle, reference):
@@ -813,7 +817,9 @@ def output_specs(handle: ModelHandle, *, batch_size: int = 2, seed: int = 0) -> 
         kind, reason, ambiguous = None, None, False
         if name in guesses:
             guess = guesses[name]
-            kind, reason = _kind(handle, handle, name, list(values).index(name), value, None, None, guess)
+            kind, reason = output_kind_of(
+                handle, handle, name, list(values).index(name), value, None, None, guess
+            )
             ambiguous = guess.ambiguous and reason == guess.reason
         specs.append(
             {

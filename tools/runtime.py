@@ -123,7 +123,7 @@ def output_values(handle: ModelHandle, inputs: dict[str, np.ndarray]) -> dict[st
         }
     with torch.inference_mode():
         out: Any = handle.model(*to_tensors(handle, inputs))
-    return {name: _to_numpy(v) for name, v in _flatten(out, "")}
+    return {name: _to_numpy(v) for name, v in flatten_outputs(out, "")}
 
 
 def _onnx_run(handle: ModelHandle, inputs: dict[str, np.ndarray]) -> list[Any]:
@@ -141,7 +141,8 @@ def _float_array(v: Any) -> bool:
     return isinstance(v, np.ndarray) and np.issubdtype(v.dtype, np.floating)
 
 
-def _flatten(out: Any, prefix: str) -> list[tuple[str, Any]]:
+def flatten_outputs(out: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """A torch model's raw output as (name, value) pairs, named as `output_values` describes."""
     if isinstance(out, torch.Tensor):
         return [(prefix or "output", out)]
     if isinstance(out, dict):  # transformers' ModelOutput is an OrderedDict of its non-None fields
@@ -154,7 +155,7 @@ def _flatten(out: Any, prefix: str) -> list[tuple[str, Any]]:
         return [(prefix or "output", out)]
     flat: list[tuple[str, Any]] = []
     for key, value in items:
-        flat.extend(_flatten(value, f"{prefix}.{key}" if prefix else key))
+        flat.extend(flatten_outputs(value, f"{prefix}.{key}" if prefix else key))
     return flat
 
 
