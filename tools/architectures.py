@@ -624,7 +624,11 @@ def _vla_inputs(cfg: VLAConfig) -> list[InputSpec]:
             shape=[None, cfg.instruction_len],
             dtype="int64",
             low=0,
-            high=cfg.vocab_size - cfg.action_bins if cfg.vocab_size > cfg.action_bins else cfg.vocab_size,
+            high=(
+                cfg.action_tokens_end - cfg.action_bins
+                if cfg.action_tokens_end > cfg.action_bins
+                else cfg.vocab_size
+            ),
         ),
     ]
 
