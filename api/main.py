@@ -21,7 +21,7 @@ from api.metrics import Metrics
 from api.middleware import REQUEST_ID_HEADER, ApiCORSMiddleware, RequestContextMiddleware
 from api.ratelimit import LoginRateLimiter
 from api.resumable import TUS_REQUEST_HEADERS, TUS_RESPONSE_HEADERS, cleanup_loop
-from api.routers import all_routers
+from api.routers import all_routers, ui
 from api.security import (
     DEFAULT_ADMIN_PASSWORD,
     InsecureConfigurationError,
@@ -196,6 +196,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for router in all_routers():
         app.include_router(router)
+    app.include_router(ui.router)  # the dashboard at /ui (api/ui/), outside the API's documentation
     if settings.cors_origins:
         app.add_middleware(
             ApiCORSMiddleware,
