@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve demo test lint eval-smoke bench-upload bench-status bench-libraries gpu-check clean
+.PHONY: install serve demo test lint eval-smoke bench-upload bench-tus bench-status bench-libraries gpu-check clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ eval-smoke: install
 
 bench-upload: install
 	$(BIN)/python bench/upload_memory.py
+
+bench-tus: install
+	$(BIN)/python bench/tus_upload.py
 
 bench-status: install
 	$(BIN)/python bench/status_polling.py
