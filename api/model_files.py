@@ -35,7 +35,7 @@ __all__ = [
 # Formats whose weights alone do not define a network: they need an architecture to be run.
 WEIGHTS_ONLY_FORMATS = {"state_dict", "safetensors"}
 # Formats a session can load and run.
-RUNNABLE_FORMATS = ("onnx", "torchscript", "pt2", "state_dict", "safetensors")
+RUNNABLE_FORMATS = ("onnx", "torchscript", "pt2", "state_dict", "safetensors", "hf_directory")
 
 
 def check_model_file(path: Path, extension: str) -> FormatReport:

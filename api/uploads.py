@@ -26,6 +26,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from api.errors import ApiError
+from tools.archives import archive_extension
 
 log = logging.getLogger("robopt.uploads")
 
@@ -56,8 +57,8 @@ def safe_filename(raw: str) -> str:
 
 
 def extension_of(filename: str) -> str:
-    suffix = Path(filename).suffix.lower()
-    return suffix
+    """The file's extension, lower case; `.tar.gz` counts as one (a model directory's archive)."""
+    return archive_extension(filename) or Path(filename).suffix.lower()
 
 
 class _PartCollector:
@@ -272,7 +273,7 @@ async def receive_upload(
             collector.pending.clear()
         await asyncio.to_thread(handle.close)
         # The loaders go by the suffix: give the finished file the client's extension.
-        final = path.with_name(f"{path.stem}{extension_of(collector.filename)}")
+        final = path.with_name(f"{path.stem}{extension_of(collector.filename)}")  # .tar.gz kept whole
         os.replace(path, final)
         path = final
         return ReceivedUpload(

@@ -13,6 +13,9 @@ before it is stored as loadable. The checks follow the formats table of ARCHITEC
 - `.safetensors`: header length, JSON header, dtypes, shapes and offsets checked against the file size.
 - `.h5`: opened with h5py, `model_config` parsed, Keras `Lambda` layers (serialized Python code) refused.
 - `.pb`: checked to be a well-formed protobuf message; stored for inspection only.
+- A directory (an extracted `.zip` / `.tar` / `.tar.gz`, see tools.archives): a Hugging Face
+  transformers directory, checked by tools.model_dirs (config as data, safetensors headers against the
+  index, pickled weights through the scanner, no remote code).
 
 Content must match the extension: a zip renamed `.onnx` or an ONNX graph renamed `.pt` is refused.
 """
@@ -32,12 +35,15 @@ from typing import IO, Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from tools.archives import ARCHIVE_EXTENSIONS  # model directories, packed
 from tools.errors import InvalidModelError, UnsafeModelError, UnsupportedFormatError
 from tools.handle import EvalData, InputSpec
 
-UploadFormat = Literal["onnx", "torchscript", "pt2", "state_dict", "safetensors", "keras_h5", "tensorflow_pb"]
+UploadFormat = Literal[
+    "onnx", "torchscript", "pt2", "state_dict", "safetensors", "hf_directory", "keras_h5", "tensorflow_pb"
+]
 
-MODEL_EXTENSIONS = (".onnx", ".pt", ".pth", ".pt2", ".safetensors", ".h5", ".pb")
+MODEL_EXTENSIONS = (".onnx", ".pt", ".pth", ".pt2", ".safetensors", ".h5", ".pb", *ARCHIVE_EXTENSIONS)
 EVAL_DATA_EXTENSIONS = (".npz", ".safetensors")
 
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -77,9 +83,19 @@ class FormatReport(BaseModel):
 
 
 def validate_upload(path: Path, extension: str) -> FormatReport:
-    """Check an uploaded model file; raise UnsafeModelError / InvalidModelError / UnsupportedFormatError."""
+    """Check an uploaded model file (or an extracted model directory); raise UnsafeModelError /
+    InvalidModelError / UnsupportedFormatError."""
     path = Path(path)
+    if path.is_dir():
+        from tools.model_dirs import validate_model_directory
+
+        return validate_model_directory(path, extension=extension)
     ext = _normalize_extension(extension)
+    if ext in ARCHIVE_EXTENSIONS:
+        raise UnsupportedFormatError(
+            f"a '{ext}' archive is validated as the model directory it holds: extract it first "
+            "(tools.archives.extract_archive) and validate the directory"
+        )
     if ext not in MODEL_EXTENSIONS:
         raise UnsupportedFormatError(
             f"files ending in '{ext}' are not accepted; use one of {', '.join(MODEL_EXTENSIONS)}"
@@ -548,6 +564,57 @@ def extract_state_dict(obj: Any) -> dict[str, Any] | None:
         if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
             return dict(obj)
     return None
+
+
+def check_pickled_weights(path: Path, *, what: str) -> dict[str, Any]:
+    """A pickled state dict (`pytorch_model.bin`): every pickle scanned first, then loaded with
+    `torch.load(weights_only=True)` (memory-mapped when it is a zip). Returns the name -> tensor mapping
+    (the caller reads names, shapes and dtypes); UnsafeModelError / InvalidModelError name `what`."""
+    import pickle
+
+    import torch
+
+    size = _size_or_fail(path)
+    kind = _sniff(_read_head(path, 16))
+    if kind == "zip":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                if not any(n.endswith("data.pkl") for n in names):
+                    raise InvalidModelError(
+                        f"{what} is a zip archive but not a torch.save file (no data.pkl)"
+                    )
+                if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
+                    raise InvalidModelError(f"{what} is TorchScript, not a state dict of weights")
+                _scan_torch_zip(archive, what=what, torchscript=False)
+        except zipfile.BadZipFile as exc:
+            raise InvalidModelError(f"{what} is corrupt or truncated: {exc}") from exc
+    elif kind == "pickle":
+        is_torch = _read_head(path, len(_TORCH_LEGACY_MAGIC)) == _TORCH_LEGACY_MAGIC
+        with path.open("rb") as fh:
+            _scan_pickle_stream(fh, what=what, count=5 if is_torch else 1)
+        if not is_torch:
+            raise InvalidModelError(f"{what} is a plain Python pickle, not a torch.save file")
+    else:
+        raise InvalidModelError(f"{what} is not a torch.save file ({size} bytes of unknown content)")
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=kind == "zip")
+    except pickle.UnpicklingError as exc:
+        raise UnsafeModelError(f"{what} needs code to load and was not unpickled: {exc}") from exc
+    except Exception as exc:
+        raise InvalidModelError(f"{what} could not be read (truncated or corrupt): {exc}") from exc
+    state = extract_state_dict(obj)
+    if state is None:
+        raise InvalidModelError(f"{what} holds no state dict (a mapping of parameter names to tensors)")
+    return state
+
+
+def check_safetensors_file(path: Path, *, what: str) -> dict[str, Any]:
+    """`_check_safetensors` with the file named in its errors; returns the header."""
+    try:
+        return _check_safetensors(path, _size_or_fail(path))
+    except (InvalidModelError, UnsafeModelError) as exc:
+        raise type(exc)(f"{what}: {exc.message}", details=exc.details) from exc
 
 
 def _parses_as_onnx(path: Path) -> bool:

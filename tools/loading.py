@@ -1,12 +1,13 @@
-"""`load_model`: a checked model file -> `ModelHandle`, with its input signature.
+"""`load_model`: a checked model file (or model directory) -> `ModelHandle`, with its input signature.
 
 Every file first passes `tools.formats.validate_upload`, so nothing is unpickled that needs code.
 The input signature (see tools.signatures) is, in order of precedence: an explicit `inputs` argument
 (checked against the graph), what the file states (ONNX graph inputs, a torch.export program's
 placeholders, the `robopt.json` entry our own exports write, a TorchScript graph read by its first
-consumers), the registered architecture's, or the evaluation data's names and shapes (checked against
-the graph's argument names). `metadata["signature_source"]` says which; `signature_missing` names
-what is still unknown when there is none.
+consumers, a transformers directory's model class and config), the registered architecture's, or the
+evaluation data's names and shapes (checked against the graph's argument names).
+`metadata["signature_source"]` says which; `signature_missing` names what is still unknown when there
+is none.
 """
 
 from __future__ import annotations
@@ -49,9 +50,10 @@ def load_model(
     inputs: list[InputSpec] | None = None,
     device: str = "cpu",
 ) -> ModelHandle:
-    """Load an ONNX, TorchScript, `.pt2` or state-dict file (state dicts need `architecture`)."""
+    """Load an ONNX, TorchScript, `.pt2` or state-dict file (state dicts need `architecture`), or a
+    Hugging Face transformers directory (tools.model_dirs)."""
     path = Path(path)
-    ext = path.suffix.lower()
+    ext = "" if path.is_dir() else path.suffix.lower()
     if ext in _CONVERSIONS:
         raise UnsupportedFormatError(
             f"'{path.name}' is {_CONVERSIONS[ext]}; it is stored for inspection only and cannot be optimized"
@@ -76,6 +78,22 @@ def load_model(
     elif report.format == "pt2":
         model, sig = _load_pt2(path, device)
         runtime = "torch"
+    elif report.format == "hf_directory":
+        from tools.model_dirs import load_model_directory
+
+        loaded = load_model_directory(
+            path, device=device, input_names=[s.name for s in inputs] if inputs else None
+        )
+        model, runtime = loaded.module, "torch"
+        sig = Signature(
+            inputs=loaded.inputs,
+            missing=loaded.missing,
+            notes=loaded.notes,
+            argument_names=loaded.argument_names,
+            source="config",
+        )
+        if loaded.architecture is not None and ref is None:
+            ref = loaded.architecture  # an OpenVLA checkpoint: robopt's own vla architecture
     elif report.format in ("state_dict", "safetensors"):
         if ref is None:
             raise InvalidArgumentError(

@@ -8,15 +8,17 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from agents.compute import run_isolated
+from api.archive_stream import stream_directory_tar
 from api.deps import CurrentUser, DbDep, SettingsDep, StoreDep
 from api.errors import ApiError, error_responses
 from api.log import security_event
@@ -39,13 +41,20 @@ from api.model_sources import (
     resolve_import_path,
     verify_imported,
 )
-from api.registration import NAMESPACE, IncomingFile, ModelFields, register_model, tool_error
+from api.registration import (
+    NAMESPACE,
+    IncomingFile,
+    ModelFields,
+    archive_limits,
+    register_model,
+    tool_error,
+)
 from api.resumable import remove_upload
 from api.routers.uploads import get_owned_upload
 from api.schemas.models import DeleteResponse, ModelList, ModelPublic, UploadResponse
 from api.schemas.uploads import FromUploadRequest, ImportRequest
 from api.session_usage import model_in_use
-from api.uploads import ReceivedUpload, receive_upload
+from api.uploads import ReceivedUpload, extension_of, receive_upload
 from state.registry import ModelRecord
 from state.users import User
 from tools.errors import DataMismatchError, UnsafeModelError
@@ -198,7 +207,9 @@ async def upload_model(
             size=received.size,
             sha256=received.sha256,
         )
-        record = await register_model(db, store, user, incoming, fields)
+        record = await register_model(
+            db, store, user, incoming, fields, archive_limits=archive_limits(settings)
+        )
     except ApiError as err:
         raise _refuse(request, user, received, "model", err) from None
     finally:
@@ -254,24 +265,54 @@ async def get_model(model_id: str, user: CurrentUser, db: DbDep) -> ModelPublic:
 
 @router.get(
     "/{model_id}/download",
-    summary="Download the model file",
+    summary="Download the model file (a model directory as a .tar archive)",
+    description="A model uploaded as a file comes back as that file (`X-Content-SHA256` is its digest). A "
+    "model directory (uploaded as .zip, .tar or .tar.gz) comes back as a .tar of its files under one "
+    "folder, built while it is sent; `X-Model-Layout` says so.",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **error_responses(401, 404)},
+    responses={
+        200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}},
+        **error_responses(401, 404),
+    },
 )
-async def download_model(model_id: str, user: CurrentUser, db: DbDep) -> FileResponse:
+async def download_model(model_id: str, user: CurrentUser, db: DbDep) -> Response:
     record = await get_owned_model(db, model_id, user)
     await verify_imported(record)
     path = Path(record.stored_path)
+    stem = _download_stem(record)
+    if path.is_dir():
+        return StreamingResponse(
+            stream_directory_tar(path, stem),
+            media_type="application/x-tar",
+            headers={"Content-Disposition": _attachment(f"{stem}.tar"), "X-Model-Layout": record.format},
+        )
     if not path.is_file():
         log.error("model %s: file %s is missing from the artifact store", record.id, path)
         raise ApiError(404, "not_found", "Model file is missing from storage")
-    stem = Path(record.original_filename).stem or record.id
     return FileResponse(
         path,
         media_type="application/octet-stream",
         filename=f"{stem}{record.extension}",
         headers={"X-Content-SHA256": record.sha256},
     )
+
+
+def _attachment(filename: str) -> str:
+    quoted = quote(filename)  # as Starlette's FileResponse writes it: RFC 6266 for non-ASCII names
+    return (
+        f"attachment; filename*=utf-8''{quoted}"
+        if quoted != filename
+        else f'attachment; filename="{filename}"'
+    )
+
+
+def _download_stem(record: ModelRecord) -> str:
+    """The client's file name without its extension (`.tar.gz` as one), safe for a header."""
+    name = record.original_filename or ""
+    ext = extension_of(name)
+    stem = name[: -len(ext)] if ext and name.lower().endswith(ext) else Path(name).stem
+    stem = "".join(c for c in stem if c.isprintable() and c not in '"\\/;').strip()
+    return stem or record.id
 
 
 @router.delete(
@@ -419,8 +460,20 @@ async def model_from_upload(
     upload = await get_owned_upload(db, body.upload_id, user, settings)
     fields = model_fields(body, parse_input_signature)
     incoming = await asyncio.to_thread(finished_upload_file, settings, upload)
+    if upload.sha256 is None:  # hashed once: a retry after a transient failure reads it from the row
+        upload.sha256 = incoming.sha256
+        db.add(upload)
+        await db.commit()
     try:
-        record = await register_model(db, store, user, incoming, fields, extra_details={"received_by": "tus"})
+        record = await register_model(
+            db,
+            store,
+            user,
+            incoming,
+            fields,
+            extra_details={"received_by": "tus"},
+            archive_limits=archive_limits(settings),
+        )
     except ApiError as err:
         await remove_upload(db, settings, upload)
         raise _refuse(request, user, incoming, "model", err) from None
@@ -456,7 +509,14 @@ async def import_model(
         fields = model_fields(body, parse_input_signature)
         incoming = await asyncio.to_thread(import_file, resolved, MODEL_EXTENSIONS)
         record = await register_model(
-            db, store, user, incoming, fields, adopt=False, extra_details=imported_details(resolved)
+            db,
+            store,
+            user,
+            incoming,
+            fields,
+            adopt=False,
+            extra_details=imported_details(resolved),
+            archive_limits=archive_limits(settings),
         )
     except ApiError as err:
         security_event(

@@ -18,7 +18,7 @@ from agents.compute import run_isolated
 from agents.runner import RollbackError
 from api.deps import CurrentUser, DbDep, SettingsDep
 from api.errors import ApiError, error_responses
-from api.model_files import FormatReport, ProbedSignature, ToolError, probe_input_spec
+from api.model_files import RUNNABLE_FORMATS, FormatReport, ProbedSignature, ToolError, probe_input_spec
 from api.routers.models import get_owned_model, parse_input_signature
 from api.schemas.sessions import (
     CancelResponse,
@@ -107,7 +107,7 @@ async def optimize(
 ):
     runner, executor, events = _runtime(request)
     model = await get_owned_model(db, body.model_id, user)
-    if model.format not in ("onnx", "torchscript", "pt2", "state_dict", "safetensors"):
+    if model.format not in RUNNABLE_FORMATS:
         raise ApiError(
             422,
             "unsupported_format",

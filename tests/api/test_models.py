@@ -264,7 +264,7 @@ async def test_content_that_does_not_match_its_extension(
 
 
 @pytest.mark.parametrize(
-    "filename", ["model.exe", "model.pkl", "model", "model.onnx.sh", "../../etc/model.zip"]
+    "filename", ["model.exe", "model.pkl", "model", "model.onnx.sh", "../../etc/model.rar"]
 )
 async def test_wrong_extension_is_refused_before_reading_the_file(
     client: httpx.AsyncClient,
