@@ -435,12 +435,20 @@ def _torch_ao_dynamic(model: Any, names: list[str]) -> Any:
 
 
 def _torchao_quantize(model: Any, method: str, names: set[str]) -> None:
+    config = torchao_config(method)  # DependencyMissingError without torchao
+    from torchao.quantization import quantize_
+
+    quantize_(model, config, filter_fn=lambda _module, fqn: fqn in names)
+
+
+def torchao_config(method: str) -> Any:
+    """The torchao config `quantize` applies for `method` (also what a saved model's
+    `TorchAoConfig` names, so transformers loads the same weights back)."""
     try:
         from torchao.quantization import (
             Int4WeightOnlyConfig,
             Int8DynamicActivationInt8WeightConfig,
             Int8WeightOnlyConfig,
-            quantize_,
         )
     except ImportError as exc:  # pragma: no cover - torchao is a dependency
         raise DependencyMissingError(f"{method} needs torchao: {exc}") from exc
@@ -457,7 +465,7 @@ def _torchao_quantize(model: Any, method: str, names: set[str]) -> None:
             int4_packing_format=Int4PackingFormat.TILE_PACKED_TO_4D,
             set_inductor_config=False,
         )
-    quantize_(model, config, filter_fn=lambda _module, fqn: fqn in names)
+    return config
 
 
 def _bnb_replace(model: Any, method: str, names: list[str], device: str) -> Any:
