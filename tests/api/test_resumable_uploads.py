@@ -303,3 +303,21 @@ def test_tuspy_client_against_a_live_server(live_server_factory: LiveServerFacto
     assert r.status_code == 200, r.text
     assert r.json()["format"] == "torchscript"
     assert r.json()["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_tus_benchmark_at_a_small_size() -> None:
+    """bench/tus_upload.py end to end at 64 MiB: two dropped connections, resumed, digest equal."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    done = subprocess.run(
+        [sys.executable, "tus_upload.py", "--size-gb", "0.0625", "--chunk-mb", "8"],
+        cwd=REPO_ROOT / "bench",
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "connections dropped:  2" in done.stdout and "sha256 matches:       True" in done.stdout
