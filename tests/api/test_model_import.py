@@ -146,3 +146,31 @@ async def test_import_disabled_and_roles_from_settings(
                 else:
                     _assert_refused(r, status, error)
     await asyncio.sleep(0)
+
+
+async def test_a_directory_imports_by_its_tree_digest(
+    client: httpx.AsyncClient, admin_headers: AuthHeaders, tmp_path: Path
+) -> None:
+    from tests.hf_directories import save_bert
+
+    directory = save_bert(tmp_path / "imports" / "bert")
+    body = {"path": str(directory), "name": "bert dir"}
+    r = await client.post("/models/import", headers=admin_headers, json=body)
+    assert r.status_code == 200, r.text
+    model = r.json()
+    assert model["format"] == "hf_directory"
+    assert model["format_details"]["imported"] == {"path": str(directory.resolve()), "digest": "sha256-tree"}
+    # A file added to the directory changes its digest: the next use is refused.
+    (directory / "notes.txt").write_text("added after import")
+    r = await client.get(f"/models/{model['id']}/download", headers=admin_headers)
+    _assert_refused(r, 409, "model_changed")
+    assert (await client.delete(f"/models/{model['id']}", headers=admin_headers)).status_code == 200
+    assert (directory / "config.json").is_file()
+
+    # A symlink inside an allow-listed directory that points outside it is refused; nothing registered.
+    (tmp_path / "secret.txt").write_text("outside")
+    (directory / "notes.txt").unlink()
+    (directory / "leak.txt").symlink_to(tmp_path / "secret.txt")
+    r = await client.post("/models/import", headers=admin_headers, json=body)
+    _assert_refused(r, 422, "validation_error")
+    await _nothing_registered(client, admin_headers)
