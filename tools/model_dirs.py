@@ -230,6 +230,9 @@ def _check_index(
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise InvalidModelError(f"{index_name} has no 'weight_map' (tensor name -> shard file)")
+    if not isinstance(index.get("metadata"), dict):
+        # transformers reads it unconditionally: known now, so refused now rather than at load.
+        raise InvalidModelError(f"{index_name} has no 'metadata' object (save_pretrained writes one)")
     shards: list[str] = []
     for tensor, shard in weight_map.items():
         if not isinstance(shard, str) or "/" in shard or "\\" in shard or shard in ("", ".", ".."):
