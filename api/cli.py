@@ -1,4 +1,4 @@
-"""`robopt serve` (and `python -m api`): start uvicorn with the settings."""
+"""Start uvicorn with the settings: `python -m api`, and `robopt serve` (cli/app.py calls `serve`)."""
 
 from __future__ import annotations
 
