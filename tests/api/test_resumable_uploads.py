@@ -321,3 +321,45 @@ def test_the_tus_benchmark_at_a_small_size() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "connections dropped:  2" in done.stdout and "sha256 matches:       True" in done.stdout
+
+
+async def test_one_writer_at_a_time(
+    client: httpx.AsyncClient, admin_headers: AuthHeaders, settings: Settings
+) -> None:
+    import fcntl
+    import os
+
+    upload_id = _upload_id(await _create(client, admin_headers, 10))
+    fd = os.open(settings.resumable_uploads_dir / f"{upload_id}.onnx", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # as a PATCH in progress (in any worker) holds it
+        _assert_error(await _patch(client, admin_headers, upload_id, 0, b"abc"), 423, "locked")
+    finally:
+        os.close(fd)
+    r = await _patch(client, admin_headers, upload_id, 0, b"abc")
+    assert r.status_code == 204 and r.headers["upload-offset"] == "3"
+
+
+async def test_cors_lets_a_browser_tus_client_through(tmp_path: Path, db_url: str) -> None:
+    from api.main import create_app
+
+    app = create_app(make_settings(tmp_path / "data", db_url, cors_origins=["https://ui.example"]))
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.options(
+                "/uploads/abc",
+                headers={
+                    "Origin": "https://ui.example",
+                    "Access-Control-Request-Method": "PATCH",
+                    "Access-Control-Request-Headers": "authorization, tus-resumable, upload-offset, "
+                    "upload-checksum",
+                },
+            )
+            assert r.status_code == 200, r.text
+            allowed = r.headers["access-control-allow-headers"].lower()
+            assert {"tus-resumable", "upload-offset", "upload-checksum"} <= {
+                h.strip() for h in allowed.split(",")
+            }
+            r = await c.head("/uploads/abc", headers={"Origin": "https://ui.example", **TUS})
+            exposed = {h.strip().lower() for h in r.headers["access-control-expose-headers"].split(",")}
+            assert {"location", "upload-offset", "upload-length", "tus-resumable"} <= exposed
