@@ -22,7 +22,21 @@ serve: install
 demo: install
 	$(BIN)/python examples/run_demo.py
 
-test: install
+# Debian's chromium for the dashboard's browser tests (Playwright drives it; no browser download).
+# Without root it only warns: the browser tests then skip, or fail when CI is set.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if ! command -v apt-get >/dev/null 2>&1; then \
+	    echo "make browser: no apt-get here; install Chromium so that 'chromium' is on PATH" >&2; \
+	  elif [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	  else \
+	    echo "make browser: chromium is missing and installing it needs root (apt-get install chromium)" >&2; \
+	  fi; }
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -47,4 +61,4 @@ gpu-check: install
 	$(BIN)/python scripts/gpu_check.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache eval-out
+	rm -rf $(VENV) .pytest_cache eval-out test-output

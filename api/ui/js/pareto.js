@@ -41,8 +41,10 @@ function label(point) {
   );
 }
 
-function marker(point, x, y, colour) {
-  const common = { class: `point point-${point.kind}`, dataset: { version: point.version, kind: point.kind } };
+function marker(point, x, y, colour, inLegend = false) {
+  const common = inLegend
+    ? { class: `legend-mark legend-${point.kind}` }
+    : { class: `point point-${point.kind}`, dataset: { version: point.version, kind: point.kind } };
   let shape;
   if (point.kind === "baseline") {
     shape = svg("rect", { ...common, x: x - 6, y: y - 6, width: 12, height: 12, fill: colour, stroke: "#1b1b1b" });
@@ -52,7 +54,7 @@ function marker(point, x, y, colour) {
   } else {
     shape = svg("circle", { ...common, cx: x, cy: y, r: 6.5, fill: colour, stroke: "#1b1b1b" });
   }
-  shape.append(svg("title", { text: label(point) }));
+  if (!inLegend) shape.append(svg("title", { text: label(point) }));
   return shape;
 }
 
@@ -138,7 +140,7 @@ export function paretoPlot(points, { floor = 0.95 } = {}) {
   ];
   items.forEach(([kind, text], i) => {
     const y = M.top + 10 + i * 22;
-    legend.append(marker({ kind, version: text, size_bytes: 0, latency_p50_ms: 0, accuracy_retained: 1 }, lx + 6, y, "#8a8a8a"));
+    legend.append(marker({ kind }, lx + 6, y, "#8a8a8a", true));
     legend.append(svg("text", { x: lx + 20, y: y + 4, text }));
   });
   const ringY = M.top + 10 + items.length * 22;
