@@ -7,14 +7,17 @@ every tool is deterministic (seeded). That is also how a session resumes after a
 
 Each candidate is also written to the artifact store (DATA_DIR/artifacts/<session>/<version>/) in a
 format a user can download and load again: the uploaded format wherever it can hold the version
-(.pt2 for .pt2, TorchScript for TorchScript, ONNX for ONNX), another one, said so, only when a
-technique needs another runtime or the uploaded format refuses it (see `Workspace.save`).
+(.pt2 for .pt2, TorchScript for TorchScript, ONNX for ONNX, a transformers directory for a model
+uploaded as one, plus its ONNX export), another one, said so, only when a technique needs another
+runtime or the uploaded format refuses it (see `Workspace.save`). `artifact.json` says which runtime
+each download needs.
 Every method here is blocking (compute, disk): call it through asyncio.to_thread.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,7 +126,7 @@ class Workspace:
         """
         if self.artifacts_dir is None:
             return None, None
-        from tools.exporting import export
+        from tools.exporting import export, export_hf_directory
 
         directory = self.artifacts_dir / version_id
         directory.mkdir(parents=True, exist_ok=True)
@@ -133,6 +136,8 @@ class Workspace:
         else:
             torch_formats = {"torchscript": ("torchscript", "model.pt"), "pt2": ("pt2", "model.pt2")}
             first = [torch_formats[source]] if source in torch_formats else []
+            if source == "hf_directory":
+                first = [("hf_directory", HF_DIRECTORY)]
             attempts = [
                 *first,
                 *(f for k, f in torch_formats.items() if f not in first),
@@ -142,23 +147,64 @@ class Workspace:
         for fmt, name in attempts:
             destination = directory / name
             tmp = directory / f".tmp-{name}"
+            written: dict[str, Any] = {}
             try:
+                _remove(tmp)
                 if fmt == "torch_module":
                     import torch
 
                     torch.save(handle.model, tmp)
+                elif fmt == "hf_directory":
+                    written = export_hf_directory(handle, tmp)
                 else:
                     export(handle, fmt, tmp)
+                    if fmt == "onnx" and onnx_data_path(tmp).exists():
+                        # A graph over 2 GiB keeps its weights in one external data file beside it.
+                        _remove(onnx_data_path(destination))
+                        onnx_data_path(tmp).replace(onnx_data_path(destination))
+                        _point_external_data(tmp, onnx_data_path(destination).name)
+                _remove(destination)
                 tmp.replace(destination)
             except Exception as err:  # noqa: BLE001 - every format's failure is reported together
-                tmp.unlink(missing_ok=True)
-                detail = getattr(err, "message", None) or str(err) or type(err).__name__
-                reasons.append(f"{fmt}: {type(err).__name__}: {detail}"[:400])
+                _remove(tmp)
+                reasons.append(_reason(fmt, err))
                 continue
             info = artifact_info(source, fmt, handle.recipe, reasons)
+            info["runtime"] = written.get("runtime") or runtime_of(fmt, destination)
+            info["downloads"] = {fmt: {"path": name, "runtime": info["runtime"], **_download_extra(written)}}
+            if source == "hf_directory" and fmt != "onnx":
+                info.update(self._save_onnx_form(handle, directory))
             (directory / ARTIFACT_INFO).write_text(json.dumps(info, indent=1))
             return str(destination), fmt
         raise ArtifactSaveError("the candidate could not be saved in any format (" + "; ".join(reasons) + ")")
+
+    def _save_onnx_form(self, handle: Any, directory: Path) -> dict[str, Any]:
+        """The ONNX export offered beside a transformers directory (ONNX_FORM/model.onnx, with its
+        external data file above 2 GiB), or why there is none."""
+        from tools.exporting import export
+
+        folder, tmp = directory / ONNX_FORM, directory / f".tmp-{ONNX_FORM}"
+        _remove(folder)
+        _remove(tmp)
+        try:
+            tmp.mkdir(parents=True)
+            export(handle, "onnx", tmp / "model.onnx")
+            _check_onnx_runs(handle, tmp / "model.onnx")
+            tmp.replace(folder)
+        except Exception as err:  # noqa: BLE001 - the directory stays the download; the reason is kept
+            _remove(tmp)
+            return {"onnx_unavailable": _reason("onnx", err)}
+        external = onnx_data_path(folder / "model.onnx").exists()
+        runtime = runtime_of("onnx", folder / "model.onnx")
+        return {
+            "onnx": {
+                "path": f"{ONNX_FORM}/model.onnx",
+                "runtime": runtime,
+                "external_data": f"{ONNX_FORM}/{onnx_data_path(folder / 'model.onnx').name}"
+                if external
+                else None,
+            }
+        }
 
     def _source_format(self, handle: Any) -> str:
         """The uploaded model's format (the original handle's), else the handle's own."""
@@ -167,7 +213,96 @@ class Workspace:
 
 
 ARTIFACT_INFO = "artifact.json"
-_SOURCE_FORMATS = {"torchscript": "TorchScript", "pt2": ".pt2 (torch.export)", "onnx": "ONNX"}
+HF_DIRECTORY = "model"  # a transformers directory's folder in a version's artifacts
+ONNX_FORM = "onnx"  # the folder of the ONNX form offered beside it
+_SOURCE_FORMATS = {
+    "torchscript": "TorchScript",
+    "pt2": ".pt2 (torch.export)",
+    "onnx": "ONNX",
+    "hf_directory": "Hugging Face transformers directory",
+}
+
+
+def onnx_data_path(path: Path) -> Path:
+    from tools.exporting import onnx_data_file
+
+    return onnx_data_file(path)
+
+
+def runtime_of(fmt: str, path: Path | None = None) -> str:
+    """The runtime a download in `fmt` needs, with the versions it was written with."""
+    import torch
+
+    torch_version = torch.__version__.split("+")[0]
+    if fmt == "onnx":
+        opset = None
+        if path is not None and path.is_file():
+            import onnx
+
+            model = onnx.load(str(path), load_external_data=False)
+            opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+        return "onnxruntime" + (f" (ONNX opset {opset})" if opset else "")
+    if fmt == "torchscript":
+        return f"torch>={torch_version} (torch.jit.load)"
+    if fmt == "pt2":
+        return f"torch>={torch_version} (torch.export.load(path).module())"
+    if fmt == "hf_directory":
+        import transformers
+
+        return f"transformers>={transformers.__version__}"
+    return "robopt's own server (a pickled module, not offered for download)"
+
+
+def _check_onnx_runs(handle: Any, path: Path) -> None:
+    """The ONNX form is offered only when ONNX Runtime loads it and it gives the version's outputs."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from tools.exporting import example_inputs
+    from tools.runtime import to_tensors
+
+    data = example_inputs(handle)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {i.name: data[i.name] for i in session.get_inputs()}
+    got = session.run(None, feed)
+    with torch.inference_mode():
+        out = handle.model(*to_tensors(handle, data))
+    want = list(out.values()) if isinstance(out, dict) else list(out) if isinstance(out, tuple) else [out]
+    w = np.asarray(want[0].float().cpu().numpy(), dtype=np.float64).ravel()
+    g = np.asarray(got[0], dtype=np.float64).ravel()
+    cosine = float(w @ g / max(np.linalg.norm(w) * np.linalg.norm(g), 1e-12)) if w.shape == g.shape else -1.0
+    if cosine < 0.999:
+        raise ValueError(f"the ONNX export gives other outputs than the version (cosine {cosine:.4f})")
+
+
+def _download_extra(written: dict[str, Any]) -> dict[str, Any]:
+    keys = ("model_class", "dtype", "quantization", "load_with")
+    return {k: written[k] for k in keys if written.get(k) is not None}
+
+
+def _reason(fmt: str, err: Exception) -> str:
+    detail = getattr(err, "message", None) or str(err) or type(err).__name__
+    return f"{fmt}: {type(err).__name__}: {detail}"[:400]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _point_external_data(path: Path, location: str) -> None:
+    """Rewrite an ONNX graph's external-data references to `location` (its data file was renamed)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(model, str(path))
 
 
 def artifact_info(source: str, fmt: str, recipe: list[dict[str, Any]], reasons: list[str]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 """`export`: write a handle as ONNX, TorchScript, torch.export (.pt2) or safetensors; and its size.
+`export_hf_directory`: a transformers model as the directory `from_pretrained` loads.
 
 Every exported file loads back with `tools.loading.load_model` (safetensors with the handle's
 architecture) and gives the same outputs up to the format's precision. `serialized_size` is the
@@ -31,8 +32,10 @@ from tools.runtime import check_inputs, synthesize_inputs, to_tensors
 ExportFormat = Literal["onnx", "torchscript", "pt2", "safetensors"]
 EXPORT_FORMATS: tuple[str, ...] = ("onnx", "torchscript", "pt2", "safetensors")
 ONNX_OPSET = 17
-# A single-file ONNX model is one protobuf message, which protobuf caps at 2 GiB.
+# A single-file ONNX model is one protobuf message, which protobuf caps at 2 GiB: above it the weights
+# go to one external data file beside the graph (`<name>.data`).
 _PROTOBUF_LIMIT = 2**31 - 1
+ONNX_SINGLE_FILE_LIMIT = _PROTOBUF_LIMIT
 
 
 def export(handle: ModelHandle, fmt: str, path: Path | str) -> Path:
@@ -57,11 +60,18 @@ def export(handle: ModelHandle, fmt: str, path: Path | str) -> Path:
             if prop.key == TORCHSCRIPT_META:
                 model.metadata_props.remove(prop)
         model.metadata_props.add(key=TORCHSCRIPT_META, value=_meta_json(handle))
-        if model.ByteSize() > _PROTOBUF_LIMIT:
-            raise UnsupportedFormatError(
-                "the model is over 2 GiB, more than a single-file ONNX model can hold (no external data)"
+        onnx_data_file(path).unlink(missing_ok=True)
+        if model.ByteSize() > ONNX_SINGLE_FILE_LIMIT:
+            onnx.save_model(
+                model,
+                str(path),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=onnx_data_file(path).name,
+                size_threshold=1024,
             )
-        onnx.save_model(model, str(path))
+        else:
+            onnx.save_model(model, str(path))
     elif fmt == "torchscript":
         _export_torchscript(handle, path)
     elif fmt == "pt2":
@@ -69,6 +79,11 @@ def export(handle: ModelHandle, fmt: str, path: Path | str) -> Path:
     else:
         _export_safetensors(handle, path)
     return path
+
+
+def onnx_data_file(path: Path) -> Path:
+    """Where `export(..., "onnx", path)` puts the weights of a model over 2 GiB (external data)."""
+    return path.with_name(path.name + ".data")
 
 
 def serialized_size(handle: ModelHandle) -> int:
@@ -119,21 +134,22 @@ def to_onnx_model(handle: ModelHandle) -> Any:
     batch_dynamic = any(s.shape and s.shape[0] is None for s in handle.inputs)
     if batch_dynamic:
         dynamic_axes["output"] = {0: "batch"}
-    # Export in eval mode (dropout off) and give the caller's module back in the mode it was in.
+    # Export in eval mode (dropout off) and give the caller's modules back each in the mode it was in
+    # (a wrapper may be in training mode around a model in eval mode: `.train()` would wake its dropout).
     # Exported programs' graph modules keep the mode they were exported in.
-    was_training = (
-        isinstance(handle.model, torch.nn.Module)
-        and not isinstance(handle.model, torch.fx.GraphModule)
-        and handle.model.training
+    modes = (
+        {m: m.training for m in handle.model.modules()}
+        if isinstance(handle.model, torch.nn.Module) and not isinstance(handle.model, torch.fx.GraphModule)
+        else {}
     )
-    if was_training:
+    if any(modes.values()):
         handle.model.eval()
     try:
         with exportable(handle) as (model, args):
             return _export_onnx(model, args, names, dynamic_axes, handle)
     finally:
-        if was_training:
-            handle.model.train()
+        for module, training in modes.items():
+            module.training = training
 
 
 def io_dtypes(handle: ModelHandle) -> tuple[Any, Any] | None:
@@ -353,7 +369,8 @@ def _export_torchscript(handle: ModelHandle, path: Path) -> None:
                 from tools.graph_modules import for_tracing
 
                 model = for_tracing(model)
-            traced = torch.jit.trace(model, args, check_trace=False)
+            # strict=False: a transformers model's outputs are a dict, whose keys never change per input.
+            traced = torch.jit.trace(model, args, check_trace=False, strict=False)
             _check_trace_is_dynamic(handle, model, traced, args)
     except UnsupportedFormatError:
         raise
@@ -481,3 +498,212 @@ def _export_safetensors(handle: ModelHandle, path: Path) -> None:
         tensors[name] = value.detach().to("cpu").contiguous().clone()
     metadata = {"format": "pt", "robopt": _meta_json(handle)}
     save_file(tensors, str(path), metadata=metadata)
+
+
+# --------------------------------------------------------------------------------------------
+# Hugging Face transformers directories
+# --------------------------------------------------------------------------------------------
+
+# Files of an uploaded directory that the export writes anew; every other one (tokenizer, processor,
+# normalisation statistics) is copied over unchanged.
+_HF_WRITTEN = ("config.json", "generation_config.json")
+_HF_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+HF_MAX_SHARD = "5GB"
+
+
+def hf_quantization(handle: ModelHandle) -> tuple[Any, str]:
+    """The quantization config transformers reads back for this version (None for float weights), and
+    the runtime the directory needs; UnsupportedFormatError when transformers cannot express it.
+
+    torchao tensor-subclass weights (weight-only int8/int4, dynamic int8 on CUDA) map to `TorchAoConfig`
+    with the very layers and configs `quantize` used (`FqnToConfig`); bitsandbytes layers to
+    `BitsAndBytesConfig`. torch.ao's dynamic int8 layers (the CPU path) and layers kept in float32
+    behind casts in a half-precision model have no `from_pretrained` form.
+    """
+    import torch
+    import transformers
+
+    runtime = f"transformers>={transformers.__version__}"
+    config: Any = None
+    for step in handle.recipe:
+        if step.get("tool") != "quantize":
+            continue
+        result = step.get("result") or {}
+        method, backend = step.get("method"), result.get("backend")
+        if result.get("exported_to_onnx"):
+            raise UnsupportedFormatError(f"{method} ran in ONNX Runtime; the version is an ONNX graph")
+        if method in ("fp16", "bf16"):
+            if result.get("kept_float"):
+                raise UnsupportedFormatError(
+                    f"{method} kept {len(result['kept_float'])} layer(s) in float32 behind casts, which a "
+                    "transformers directory cannot express (from_pretrained loads one dtype)"
+                )
+            continue
+        if config is not None:
+            raise UnsupportedFormatError("more than one weight quantization step has no from_pretrained form")
+        layers = [_inner_name(n) for n in result.get("layers") or []]
+        if backend == "torchao":
+            import torchao
+            from torchao.quantization import FqnToConfig
+            from transformers import TorchAoConfig
+
+            from tools.quantization import torchao_config
+
+            per_layer = {name: torchao_config(str(method)) for name in layers}
+            config = TorchAoConfig(quant_type=FqnToConfig(per_layer), modules_to_not_convert=[])
+            runtime = f"transformers>={transformers.__version__} with torchao>={torchao.__version__}"
+        elif backend == "bitsandbytes":
+            import bitsandbytes
+            from transformers import BitsAndBytesConfig
+
+            kept = [_inner_name(n) for n in result.get("kept_float") or []]
+            if method == "bnb_int8":
+                config = BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=kept or None)
+            else:
+                config = BitsAndBytesConfig(
+                    load_in_4bit=True,
+                    bnb_4bit_quant_type="nf4",
+                    bnb_4bit_compute_dtype=torch.bfloat16,
+                    llm_int8_skip_modules=kept or None,
+                )
+            runtime = (
+                f"transformers>={transformers.__version__} with bitsandbytes>={bitsandbytes.__version__} "
+                "(CUDA)"
+            )
+        else:
+            raise UnsupportedFormatError(
+                f"{method} with {backend} (torch.ao's dynamic int8 layers) has no quantization config "
+                "that transformers' from_pretrained reads; torchao's int8 is a different scheme, so it "
+                "would not be this version"
+            )
+    return config, runtime
+
+
+def export_hf_directory(handle: ModelHandle, directory: Path | str, *, verify: bool = True) -> dict[str, Any]:
+    """Write a transformers model as the directory `from_pretrained` loads: `config.json` (with its
+    `quantization_config` when quantized) + safetensors (sharded above HF_MAX_SHARD), fp16/bf16 kept,
+    and the uploaded directory's other files (tokenizer, processor, statistics) copied over.
+
+    With `verify` the directory is loaded back with the model's own class (`from_pretrained`, no remote
+    code) and must give the version's outputs on the example inputs; a version it cannot express
+    (UnsupportedFormatError, see `hf_quantization`), or one that does not load back the same (a pruned
+    width config.json does not state), leaves no directory behind. Returns what was written: the
+    runtime the directory needs, its dtype, its quantization method, its files.
+    """
+    import shutil
+
+    import torch
+
+    from tools.model_dirs import transformers_model
+
+    directory = Path(directory)
+    _require_torch(handle, "hf_directory")
+    inner = transformers_model(handle.model)
+    if inner is None:
+        raise UnsupportedFormatError(
+            "only a Hugging Face transformers model can be written as a transformers directory"
+        )
+    quantization, runtime = hf_quantization(handle)
+    if directory.exists() and any(directory.iterdir()):
+        raise UnsupportedFormatError(f"'{directory}' exists and is not empty")
+    directory.mkdir(parents=True, exist_ok=True)
+    saved_attrs = {k: getattr(inner, k) for k in ("hf_quantizer",) if hasattr(inner, k)}
+    saved_quant = getattr(inner.config, "quantization_config", None)
+    try:
+        if quantization is not None:
+            from transformers.quantizers import AutoHfQuantizer
+
+            # save_pretrained flattens quantized weights through the model's quantizer (torchao's tensor
+            # subclasses into plain tensors + metadata) and writes its config into config.json.
+            inner.config.quantization_config = quantization
+            inner.hf_quantizer = AutoHfQuantizer.from_config(quantization, pre_quantized=True)
+        inner.save_pretrained(str(directory), max_shard_size=HF_MAX_SHARD)
+        source = handle.source_path
+        if source is not None and Path(source).is_dir():
+            for item in sorted(Path(source).rglob("*")):
+                rel = item.relative_to(source)
+                if not item.is_file() or item.is_symlink() or rel.name in _HF_WRITTEN:
+                    continue
+                if len(rel.parts) == 1 and rel.name.endswith(_HF_WEIGHT_SUFFIXES):
+                    continue
+                target = directory / rel
+                if not target.exists():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(item, target)
+        if verify:
+            _verify_hf_directory(handle, inner, directory)
+    except BaseException as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        if isinstance(exc, UnsupportedFormatError) or not isinstance(exc, Exception):
+            raise
+        raise UnsupportedFormatError(
+            "the model could not be written as a transformers directory", details=str(exc)[:2000]
+        ) from exc
+    finally:
+        for key, value in saved_attrs.items():
+            setattr(inner, key, value)
+        if quantization is not None and "hf_quantizer" not in saved_attrs and hasattr(inner, "hf_quantizer"):
+            del inner.hf_quantizer
+        if saved_quant is None:
+            if hasattr(inner.config, "quantization_config"):
+                del inner.config.quantization_config
+        else:
+            inner.config.quantization_config = saved_quant
+    floats = [p.dtype for p in inner.parameters() if p.is_floating_point()]
+    dtype = str(max(set(floats), key=floats.count)).removeprefix("torch.") if floats else "float32"
+    return {
+        "format": "hf_directory",
+        "runtime": runtime,
+        "model_class": type(inner).__name__,
+        "dtype": dtype,
+        "quantization": _quant_method(quantization),
+        "files": sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file()),
+        "load_with": f"transformers.{type(inner).__name__}.from_pretrained(<directory>)",
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
+def _quant_method(quantization: Any) -> str | None:
+    method = getattr(quantization, "quant_method", None)
+    return None if method is None else str(getattr(method, "value", method))
+
+
+def _inner_name(name: str) -> str:
+    """A layer name of the handle's model (a TransformersModule) as the transformers model names it."""
+    return name.removeprefix("model.")
+
+
+def _verify_hf_directory(handle: ModelHandle, inner: Any, directory: Path) -> None:
+    """Load the directory back with its own class and compare outputs with the version's."""
+    import torch
+
+    from tools.model_dirs import wrap_transformers_model
+
+    try:
+        reloaded = (
+            type(inner).from_pretrained(str(directory), local_files_only=True, trust_remote_code=False).eval()
+        )
+    except Exception as exc:
+        raise UnsupportedFormatError(
+            "the written directory does not load back with from_pretrained (a pruned width that "
+            "config.json does not state, or weights its class cannot take)",
+            details=str(exc)[:2000],
+        ) from exc
+    reloaded = reloaded.to(handle.device)
+    wrapped = wrap_transformers_model(reloaded, list(handle.model.input_names))
+    args = to_tensors(handle, example_inputs(handle))
+    with torch.inference_mode():
+        want = handle.model(*args)
+        got = wrapped(*args)
+    for key, w in want.items():
+        g = got.get(key)
+        if g is None or g.shape != w.shape:
+            raise UnsupportedFormatError(f"the reloaded directory's output '{key}' differs in shape")
+        w, g = w.float(), g.float()
+        if w.is_floating_point() and not torch.allclose(
+            w, g, rtol=1e-3, atol=1e-3 * max(1.0, w.abs().max().item())
+        ):
+            raise UnsupportedFormatError(
+                f"the reloaded directory's output '{key}' differs from the version's "
+                f"(max difference {(w - g).abs().max().item():.3g})"
+            )
