@@ -93,13 +93,13 @@ class Workspace:
     def replay(self, calls: list[ToolCall]) -> Any:
         handle = self.original()
         for call in calls:
-            handle = run_call(handle, call)
+            handle = run_call(handle, call, teacher=self.original())
         return handle
 
     def apply(self, base: VersionRecord, calls: list[ToolCall]) -> Any:
         handle = self.handle(base)
         for call in calls:
-            handle = run_call(handle, call)
+            handle = run_call(handle, call, teacher=self.original())
         return handle
 
     def remember(self, version_id: str, handle: Any, keep: set[str]) -> None:
@@ -332,9 +332,10 @@ class ArtifactSaveError(RuntimeError):
     """No artifact format could hold this candidate."""
 
 
-def run_call(handle: Any, call: ToolCall) -> Any:
-    """Validate one call against the registry's schema and run it."""
+def run_call(handle: Any, call: ToolCall, *, teacher: Any = None) -> Any:
+    """Validate one call against the registry's schema and run it; `teacher` (the original model) is what
+    recovery steps (distill, quantize with recovery='qat') learn from."""
     from tools.registry import run_tool, validate_call
 
     args: BaseModel = validate_call(call.tool, call.arguments)
-    return run_tool(call.tool, handle, args)
+    return run_tool(call.tool, handle, args, teacher=teacher)
