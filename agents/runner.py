@@ -32,8 +32,8 @@ from agents.report import build_report
 from agents.state import BASELINE_VERSION
 from agents.toolset import method_choices
 from agents.workspace import ARTIFACT_INFO, ModelSource, Workspace
-from state.artifacts import ArtifactStore, new_id, sha256_file
-from state.digests import DigestError, content_digest
+from state.artifacts import ArtifactStore, new_id
+from state.digests import DigestError, content_digest, content_size
 from state.event_log import EventLog
 from state.registry import ModelRecord
 from state.sessions import TERMINAL_STATUSES, OptimizationSession, SessionMessage
@@ -43,7 +43,10 @@ from state.users import utcnow
 log = logging.getLogger("robopt.agents")
 
 MODELS_NAMESPACE = "models"  # where the models router keeps model files
-DOWNLOADABLE_FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2"}
+# Format -> the download's extension (a transformers directory is sent as a .tar of its files).
+DOWNLOADABLE_FORMATS = {"torchscript": ".pt", "onnx": ".onnx", "pt2": ".pt2", "hf_directory": ".tar"}
+STORED_DIRECTORY = "model"  # as api.registration stores an uploaded directory
+STORED_ONNX_FORM = "onnx"
 
 
 @dataclass
@@ -405,15 +408,15 @@ class SessionRunner:
                 if original is not None and path and fmt in DOWNLOADABLE_FORMATS and Path(path).exists():
                     model_id = new_id()
                     ext = DOWNLOADABLE_FORMATS[fmt]
-                    stored = await asyncio.to_thread(
-                        self.store.put_file, Path(path), MODELS_NAMESPACE, model_id, f"model{ext}"
+                    stored, details = await asyncio.to_thread(
+                        _store_version, self.store, Path(path), fmt, model_id, artifact
                     )
                     eval_path = None
                     if original.eval_data_path and Path(original.eval_data_path).exists():
                         src = Path(original.eval_data_path)
                         eval_path = str(stored.parent / f"eval_data{src.suffix}")
                         await asyncio.to_thread(shutil.copyfile, src, eval_path)
-                    digest = await asyncio.to_thread(sha256_file, stored)
+                    digest = await asyncio.to_thread(content_digest, stored)
                     record = ModelRecord(
                         id=model_id,
                         owner_id=original.owner_id if row.owner_id is None else row.owner_id,
@@ -428,10 +431,11 @@ class SessionRunner:
                         format=fmt,
                         extension=ext,
                         original_filename=f"{original.name}-{vid}{ext}"[:255],
-                        size_bytes=stored.stat().st_size,
+                        size_bytes=await asyncio.to_thread(content_size, stored),
                         sha256=digest,
                         stored_path=str(stored.resolve()),
                         input_spec=original.input_spec,
+                        format_details=details,
                         eval_data_path=eval_path,
                         eval_data_info=original.eval_data_info if eval_path else None,
                         parent_model_id=original.id,
@@ -453,6 +457,10 @@ class SessionRunner:
                 original.format if original else None
             )
             selected["artifact_converted"] = bool(artifact.get("converted"))
+            if artifact.get("runtime"):
+                selected["artifact_runtime"] = artifact["runtime"]
+            if model_id and artifact.get("onnx"):
+                selected["onnx_download_url"] = f"/models/{model_id}/download?format=onnx"
             if artifact.get("note"):
                 selected["artifact_note"] = artifact["note"]
         if model_id is None:
@@ -586,6 +594,35 @@ def _pct(state: dict[str, Any]) -> float:
     criteria = Criteria.model_validate(state["criteria"]) if state.get("criteria") else None
     total = (criteria.max_trials if criteria else None) or 12
     return round(min(95.0, 10.0 + 85.0 * len(state.get("trials", [])) / total), 1)
+
+
+def _store_version(
+    store: ArtifactStore, path: Path, fmt: str, model_id: str, artifact: dict[str, Any]
+) -> tuple[Path, dict[str, Any]]:
+    """Copy a version's download (a file, or a transformers directory and its ONNX form) into the
+    model store; the record's format_details say which runtime each form needs."""
+    directory = store.directory(MODELS_NAMESPACE, model_id)
+    details: dict[str, Any] = {"runtime": artifact.get("runtime")}
+    if fmt == "hf_directory":
+        stored = directory / STORED_DIRECTORY
+        shutil.copytree(path, stored)
+        details["downloads"] = {"hf_directory": dict((artifact.get("downloads") or {}).get(fmt) or {})}
+        details["downloads"]["hf_directory"].pop("path", None)
+        onnx = artifact.get("onnx")
+        if onnx:
+            shutil.copytree(path.parent / Path(onnx["path"]).parent, directory / STORED_ONNX_FORM)
+            graph = directory / STORED_ONNX_FORM / Path(onnx["path"]).name
+            details["downloads"]["onnx"] = {
+                "path": f"{STORED_ONNX_FORM}/{graph.name}",
+                "runtime": onnx.get("runtime"),
+                "external_data": bool(onnx.get("external_data")),
+                "sha256": content_digest(graph.parent if onnx.get("external_data") else graph),
+            }
+        elif artifact.get("onnx_unavailable"):
+            details["onnx_unavailable"] = artifact["onnx_unavailable"]
+        return stored, details
+    stored = store.put_file(path, MODELS_NAMESPACE, model_id, f"model{DOWNLOADABLE_FORMATS[fmt]}")
+    return stored, details
 
 
 def _artifact_info(path: str | None) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
@@ -268,23 +268,39 @@ async def get_model(model_id: str, user: CurrentUser, db: DbDep) -> ModelPublic:
     summary="Download the model file (a model directory as a .tar archive)",
     description="A model uploaded as a file comes back as that file (`X-Content-SHA256` is its digest). A "
     "model directory (uploaded as .zip, .tar or .tar.gz) comes back as a .tar of its files under one "
-    "folder, built while it is sent; `X-Model-Layout` says so.",
+    "folder, built while it is sent; `X-Model-Layout` says so. `format=onnx` gives the ONNX form saved "
+    "beside an optimized transformers directory (`model.onnx`, or a .tar holding it and its external data "
+    "file above 2 GiB); 404 when the model has none. `X-Model-Runtime` names the runtime a download needs.",
     response_class=FileResponse,
     responses={
         200: {"content": {"application/octet-stream": {}, "application/x-tar": {}}},
-        **error_responses(401, 404),
+        **error_responses(401, 404, 422),
     },
 )
-async def download_model(model_id: str, user: CurrentUser, db: DbDep) -> Response:
+async def download_model(
+    model_id: str,
+    user: CurrentUser,
+    db: DbDep,
+    format: Literal["onnx"] | None = Query(  # noqa: A002 - the query parameter's public name
+        None, description="Omit for the model in its own format; `onnx` for its ONNX form."
+    ),
+) -> Response:
     record = await get_owned_model(db, model_id, user)
     await verify_imported(record)
     path = Path(record.stored_path)
     stem = _download_stem(record)
+    if format == "onnx" and record.format != "onnx":
+        return _onnx_form(record, stem)
+    runtime = {"X-Model-Runtime": download_runtime(record)}
     if path.is_dir():
         return StreamingResponse(
             stream_directory_tar(path, stem),
             media_type="application/x-tar",
-            headers={"Content-Disposition": _attachment(f"{stem}.tar"), "X-Model-Layout": record.format},
+            headers={
+                "Content-Disposition": _attachment(f"{stem}.tar"),
+                "X-Model-Layout": record.format,
+                **runtime,
+            },
         )
     if not path.is_file():
         log.error("model %s: file %s is missing from the artifact store", record.id, path)
@@ -293,8 +309,53 @@ async def download_model(model_id: str, user: CurrentUser, db: DbDep) -> Respons
         path,
         media_type="application/octet-stream",
         filename=f"{stem}{record.extension}",
-        headers={"X-Content-SHA256": record.sha256},
+        headers={"X-Content-SHA256": record.sha256, **runtime},
     )
+
+
+def _onnx_form(record: ModelRecord, stem: str) -> Response:
+    details = record.format_details or {}
+    form = (details.get("downloads") or {}).get("onnx")
+    if not form:
+        raise ApiError(
+            404,
+            "not_found",
+            "This model has no ONNX form",
+            details.get("onnx_unavailable")
+            or "ONNX forms are saved beside optimized versions of models uploaded as directories",
+        )
+    graph = Path(record.stored_path).parent / form["path"]
+    headers = {
+        "X-Model-Runtime": str(form.get("runtime") or "onnxruntime"),
+        "X-Content-SHA256": form["sha256"],
+    }
+    if form.get("external_data"):
+        return StreamingResponse(
+            stream_directory_tar(graph.parent, f"{stem}-onnx"),
+            media_type="application/x-tar",
+            headers={"Content-Disposition": _attachment(f"{stem}-onnx.tar"), **headers},
+        )
+    if not graph.is_file():
+        log.error("model %s: ONNX form %s is missing from the artifact store", record.id, graph)
+        raise ApiError(404, "not_found", "The ONNX form is missing from storage")
+    return FileResponse(
+        graph, media_type="application/octet-stream", filename=f"{stem}.onnx", headers=headers
+    )
+
+
+_RUNTIMES = {
+    "onnx": "onnxruntime",
+    "torchscript": "torch (torch.jit.load)",
+    "pt2": "torch (torch.export.load(path).module())",
+    "hf_directory": "transformers (from_pretrained)",
+    "state_dict": "torch (the weights of a registered architecture)",
+    "safetensors": "safetensors + torch (the weights of a registered architecture)",
+}
+
+
+def download_runtime(record: ModelRecord) -> str:
+    """The runtime a model's download needs: what its optimization wrote down, else its format's."""
+    return str((record.format_details or {}).get("runtime") or _RUNTIMES.get(record.format, record.format))
 
 
 def _attachment(filename: str) -> str:
