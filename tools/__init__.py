@@ -1,6 +1,6 @@
 """Deterministic tools on model artifacts.
 
-    from tools import load_model, inspect_model, quantize, prune, benchmark, evaluate, export
+    from tools import load_model, inspect_model, quantize, prune, distill, benchmark, evaluate, export
 
 Every tool takes a `ModelHandle` and returns a new one (or a measurement); inputs are never changed.
 Modules are named for what they hold (`tools.quantization` defines `quantize`), so no submodule
@@ -19,6 +19,8 @@ _EXPORTS: dict[str, str] = {
     "ModelProfile": "tools.profile",
     "quantize": "tools.quantization",
     "prune": "tools.pruning",
+    "distill": "tools.distillation",
+    "TrainingReport": "tools.distillation",
     "benchmark": "tools.benchmarking",
     "BenchmarkResult": "tools.benchmarking",
     "evaluate": "tools.evaluation",

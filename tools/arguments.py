@@ -91,6 +91,30 @@ class QuantizeArgs(_Args):
         "higher precision (float; 8-bit for weight_only_int4) until the accuracy retained reaches this, at "
         "the smallest size. Omit to quantize every selected layer.",
     )
+    size_target: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Mixed precision under a size budget: the largest size the result may have, as a "
+        "fraction of the current model's size on disk (0.25: 4x smaller). Each layer group is measured "
+        "alone at each precision the method offers (float and 8-bit; weight_only_int4 also 4-bit), then "
+        "the precisions that fit the budget at the least measured output error are chosen. Torch or ONNX "
+        "Runtime models; not with accuracy_target.",
+    )
+    recovery: Literal["none", "qat"] = Field(
+        default="none",
+        description="qat: quantization-aware training (dynamic_int8, weight_only_int8, weight_only_int4 on "
+        "torch models): the layers are fake-quantized as the kernel will quantize them and distilled from "
+        "the original model before the same post-training quantization; recovers accuracy the plain "
+        "method loses, at the cost of training time (recovery_steps / recovery_time_s).",
+    )
+    recovery_steps: int = Field(default=300, ge=1, le=100_000, description="qat: optimizer steps at most.")
+    recovery_time_s: float | None = Field(
+        default=30.0, gt=0.0, le=86_400.0, description="qat: seconds of training at most (null: steps only)."
+    )
+    recovery_learning_rate: float = Field(
+        default=1e-4, gt=0.0, le=1.0, description="qat: Adam's learning rate (halved every 200 steps)."
+    )
 
 
 class PruneArgs(_Args):
@@ -118,6 +142,54 @@ class PruneArgs(_Args):
         default=None, description=f"Never prune layers matching one of these; {_PATTERNS}"
     )
     seed: int = Field(default=0, ge=0, description="Random seed.")
+
+
+DistillLoss = Literal["auto", "kl", "mse", "cosine"]
+
+
+class DistillArgs(_Args):
+    """Recover the accuracy a compressed candidate lost: train it to reproduce its teacher's outputs."""
+
+    steps: int = Field(default=300, ge=1, le=100_000, description="Optimizer steps at most (one batch each).")
+    time_budget_s: float | None = Field(
+        default=30.0,
+        gt=0.0,
+        le=86_400.0,
+        description="Wall-clock seconds of training at most (checked before each step); omit (null) for no "
+        "time limit (steps only).",
+    )
+    batch_size: int = Field(default=64, ge=1, le=4096, description="Samples per step.")
+    learning_rate: float = Field(
+        default=1e-3, gt=0.0, le=1.0, description="Adam's learning rate (halved every 200 steps)."
+    )
+    loss: DistillLoss = Field(
+        default="auto",
+        description="auto: fitted to each output (KL divergence of the softened distributions for logits and "
+        "action tokens, mean squared error scaled by the teacher's variance for regressions, 1 - cosine "
+        "for embeddings); kl, mse or cosine force one for every float output.",
+    )
+    temperature: float = Field(
+        default=2.0,
+        gt=0.0,
+        le=20.0,
+        description="Softmax temperature of the KL loss (logits, action tokens).",
+    )
+    augment: bool = Field(
+        default=True,
+        description="Half of each batch are augmented copies of the data: float inputs with Gaussian noise "
+        "(scaled per feature, see `noise`; image inputs also shifted by up to one pixel), integer inputs "
+        "(ids) with a tenth of their values resampled within their range. The teacher labels every copy.",
+    )
+    noise: float = Field(
+        default=0.05, ge=0.0, le=1.0, description="Std of the noise on float inputs, in each feature's std."
+    )
+    num_samples: int = Field(
+        default=512,
+        ge=1,
+        le=100_000,
+        description="Inputs synthesized from the signature when neither model carries evaluation data.",
+    )
+    seed: int = Field(default=0, ge=0, description="Random seed (batches, augmentation, synthesized inputs).")
 
 
 class InspectModelArgs(_Args):
@@ -214,6 +286,7 @@ class ExportArgs(_Args):
 ARGUMENTS: dict[str, type[BaseModel]] = {
     "quantize": QuantizeArgs,
     "prune": PruneArgs,
+    "distill": DistillArgs,
     "inspect_model": InspectModelArgs,
     "benchmark": BenchmarkArgs,
     "evaluate": EvaluateArgs,

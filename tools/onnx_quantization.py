@@ -301,6 +301,7 @@ def quantize_onnx(
     *,
     block_size: int | None = None,
     accuracy_target: float | None = None,
+    size_target: float | None = None,
 ) -> ModelHandle:
     import onnx
 
@@ -317,9 +318,9 @@ def quantize_onnx(
         raise InvalidArgumentError(
             f"block_size applies to weight_only_int4 and is one of {', '.join(map(str, BLOCK_SIZES))}"
         )
-    if accuracy_target is not None and method == "fp16":
+    if (accuracy_target is not None or size_target is not None) and method == "fp16":
         raise InvalidArgumentError(
-            "accuracy_target applies to dynamic_int8, static_int8 and weight_only_int4"
+            "accuracy_target and size_target apply to dynamic_int8, static_int8 and weight_only_int4"
         )
     model = onnx.ModelProto()
     model.CopyFrom(handle.model)
@@ -328,7 +329,16 @@ def quantize_onnx(
     step["result"]["preprocess"] = how
     if method == "fp16":
         return _onnx_fp16(handle, prepared, include, exclude, layer_types, seed, step)
-    options = (include, exclude, layer_types, calibration_samples, seed, block_size, accuracy_target)
+    options = (
+        include,
+        exclude,
+        layer_types,
+        calibration_samples,
+        seed,
+        block_size,
+        accuracy_target,
+        size_target,
+    )
     if prepared is model:
         return _quantize_prepared(handle, method, model, step, *options)
     try:
@@ -354,6 +364,7 @@ def _quantize_prepared(
     seed: int,
     block_size: int | None,
     accuracy_target: float | None,
+    size_target: float | None = None,
 ) -> ModelHandle:
     import onnx
 
@@ -374,9 +385,14 @@ def _quantize_prepared(
         return _apply(model, method, low, eight, block, reader)
 
     result = step["result"]
-    if accuracy_target is None:
+    if size_target is not None:
+        quantized, sized = _sized(handle, model, names, method, block, reader, size_target)
+        high = {n for n, p in sized.layers.items() if p != "int4"} if method == "weight_only_int4" else set()
+        result["mixed_precision"] = sized.summary()
+        result["layer_precisions"] = sized.layers
+    elif accuracy_target is None:
         quantized = build(set())
-        high: set[str] = set()
+        high = set()
     else:
         quantized, choice = _mixed(handle, model, names, build, accuracy_target, method)
         high = set(choice.high)
@@ -643,6 +659,51 @@ def _mixed(
         group_layers(layers), candidate, probe, target, all_high_is_useful=method == "weight_only_int4"
     )
     return chosen.model, choice
+
+
+def _sized(
+    handle: ModelHandle,
+    model: Any,
+    names: list[str],
+    method: str,
+    block: int,
+    reader: _CalibrationReader | None,
+    size_target: float,
+) -> tuple[Any, Any]:
+    """Per-layer precision (float, 8-bit, 4-bit blocks for weight_only_int4; float or int8 otherwise) that
+    fits `size_target` of the handle's size at the least measured cost (tools.sensitivity.choose_for_size)."""
+    from onnx import helper
+
+    from tools.evaluation import evaluate
+    from tools.sensitivity import Layer, Probe, choose_for_size, group_layers
+
+    inits = {t.name: t for t in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    layers = []
+    for name in names:
+        weight = inits[_weight_of(nodes[name], inits) or ""]
+        itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(weight.data_type)).itemsize
+        layers.append(Layer(name, onnx_module_path(nodes[name], inits), int(np.prod(weight.dims)) * itemsize))
+    reference = handle.clone(model=handle.model)
+    precisions = ("int8", "int4") if method == "weight_only_int4" else ("int8",)
+
+    def build(assign: dict[str, str]) -> Any:
+        four = [n for n in names if assign.get(n) == "int4"]
+        eight = [n for n in names if assign.get(n) == "int8"]
+        if method == "weight_only_int4":
+            return _weight_only_blocks(model, four, eight, block)
+        return _apply(model, method, eight, [], block, reader)
+
+    def probe(graph: Any) -> Probe:
+        r = evaluate(
+            handle.clone(model=graph, runtime="onnx", format="onnx", device="cpu"), reference=reference
+        )
+        return Probe(float(r.accuracy_retained), float(r.relative_error))
+
+    target = int(size_target * handle.model.ByteSize())
+    return choose_for_size(
+        group_layers(layers), precisions, build, probe, lambda g: int(g.ByteSize()), target
+    )
 
 
 # ---------------------------------------------------------------------------------------------

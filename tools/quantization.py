@@ -79,6 +79,12 @@ def quantize(
     backend: str = "auto",
     block_size: int | None = None,
     accuracy_target: float | None = None,
+    size_target: float | None = None,
+    recovery: str = "none",
+    recovery_steps: int = 300,
+    recovery_time_s: float | None = 30.0,
+    recovery_learning_rate: float = 1e-4,
+    teacher: ModelHandle | None = None,
 ) -> ModelHandle:
     """A new handle with `method` applied to the selected layers; `handle` is left untouched.
 
@@ -91,7 +97,39 @@ def quantize(
     where torch.ao's int8 was slower than fp32; "torch" insists on a torch module.
     `block_size` (weight_only_int4) and `accuracy_target` (mixed precision by measured sensitivity) apply
     on the ONNX Runtime path; see `tools.onnx_quantization`.
+    `size_target` (a fraction of the current size on disk, e.g. 0.25) chooses each layer's precision
+    (float, 8-bit, 4-bit where the method and runtime offer them) by measured sensitivity, at the least
+    measured cost that fits (tools.sensitivity.choose_for_size); with `accuracy_target`, mixed precision
+    applies on torch models too (tools.mixed_precision).
+    `recovery="qat"`: quantization-aware training first (tools.qat): the selected Linear layers are
+    fake-quantized as the chosen kernel will quantize them, distilled from `teacher` (default: the float
+    model itself) for at most `recovery_steps` steps and `recovery_time_s` seconds, then quantized by the
+    same post-training path; the step's `result["recovery"]` says what it cost and gained.
     """
+    if recovery not in ("none", "qat"):
+        raise InvalidArgumentError(f"unknown recovery '{recovery}'; choose 'none' or 'qat'")
+    if recovery == "qat":
+        if accuracy_target is not None or size_target is not None:
+            raise InvalidArgumentError(
+                "recovery='qat' trains every selected layer at one precision: omit accuracy_target and "
+                "size_target"
+            )
+        from tools.qat import quantize_aware
+
+        return quantize_aware(
+            handle,
+            method,
+            teacher=teacher,
+            include=include,
+            exclude=exclude,
+            layer_types=layer_types,
+            seed=seed,
+            backend=backend,
+            block_size=block_size,
+            steps=recovery_steps,
+            time_budget_s=recovery_time_s,
+            learning_rate=recovery_learning_rate,
+        )
     if method not in METHODS:
         raise UnknownMethodError(
             f"unknown quantization method '{method}'; choose one of {', '.join(METHODS)}"
@@ -124,14 +162,38 @@ def quantize(
         step["block_size"] = block_size
     if accuracy_target is not None:
         step["accuracy_target"] = accuracy_target
-    if (block_size is not None or accuracy_target is not None) and not onnx_path:
+    if size_target is not None:
+        step["size_target"] = size_target
+    if accuracy_target is not None and size_target is not None:
+        raise InvalidArgumentError("give accuracy_target or size_target, not both")
+    if size_target is not None and not 0.0 < size_target < 1.0:
         raise InvalidArgumentError(
-            "block_size and accuracy_target apply on ONNX Runtime (an ONNX model or backend='onnxruntime')"
+            f"size_target is a fraction of the current size in (0, 1), got {size_target}"
+        )
+    if block_size is not None and not onnx_path:
+        raise InvalidArgumentError(
+            "block_size applies on ONNX Runtime (an ONNX model or backend='onnxruntime')"
         )
     if method in GPU_ONLY and not (onnx_path and method in ONNX_METHODS):
         _require_cuda(method)
     step["result"] = {}
-    options = {"block_size": block_size, "accuracy_target": accuracy_target}
+    options = {"block_size": block_size, "accuracy_target": accuracy_target, "size_target": size_target}
+    targets = accuracy_target is not None or size_target is not None
+    if targets and not onnx_path and method != "static_int8":  # static int8 runs in ONNX Runtime
+        from tools.mixed_precision import quantize_mixed
+
+        return quantize_mixed(
+            handle,
+            method,
+            include=include,
+            exclude=exclude,
+            layer_types=layer_types,
+            seed=seed,
+            backend=backend,
+            accuracy_target=accuracy_target,
+            size_target=size_target,
+            step=step,
+        )
 
     import torch
 
@@ -162,7 +224,9 @@ def quantize(
         )
     if graph:
         return _quantize_graph(handle, method, include, exclude, layer_types, calibration_samples, seed, step)
-    return _quantize_torch(handle, method, include, exclude, layer_types, calibration_samples, seed, step)
+    return _quantize_torch(
+        handle, method, include, exclude, layer_types, calibration_samples, seed, step, options
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -230,6 +294,7 @@ def _quantize_torch(
     calibration_samples: int,
     seed: int,
     step: dict[str, Any],
+    options: dict[str, Any] | None = None,
 ) -> ModelHandle:
     import torch
 
@@ -237,7 +302,15 @@ def _quantize_torch(
         onnx_handle = _as_onnx_handle(handle)
         step["result"]["exported_to_onnx"] = True
         return _quantize_onnx(
-            onnx_handle, method, include, exclude, layer_types, calibration_samples, seed, step
+            onnx_handle,
+            method,
+            include,
+            exclude,
+            layer_types,
+            calibration_samples,
+            seed,
+            step,
+            **(options or {}),
         )
     if method in ("fp16", "bf16"):
         return _cast_whole(handle, method, include, exclude, layer_types, step)

@@ -3,8 +3,10 @@
 The same models produce the LLM's tool definitions (OpenAI function-calling format) and validate
 every call before it runs, so a call the schema does not allow never reaches a tool.
 
-- `TOOLS` (quantize, prune): the transforms the planner may call. `tool_definitions`, `validate_call` and
-  `run_tool` serve these only, so the LLM planner's tool list stays quantize, prune (and its own finish).
+- `TOOLS` (quantize, prune, distill): the transforms the planner may call. `tool_definitions`,
+  `validate_call` and `run_tool` serve these only, so the LLM planner's tool list is quantize, prune,
+  distill (and its own finish). distill, and quantize with recovery='qat', learn from a teacher (the
+  session's original model), passed to `run_tool` beside the arguments: it is no LLM argument.
 - `ALL_TOOLS` adds the measuring and writing tools (inspect_model, benchmark, evaluate, export):
   `all_tool_definitions`, `validate_any_call` and `run_any_tool` serve the full set. The functions
   themselves validate their arguments against these models (`check_arguments`), so a direct Python call
@@ -22,6 +24,7 @@ from pydantic import BaseModel
 
 from tools.arguments import (
     BenchmarkArgs,
+    DistillArgs,
     EvaluateArgs,
     ExportArgs,
     InspectModelArgs,
@@ -42,7 +45,7 @@ class MalformedArgumentsError(InvalidArgumentError):
     code = "malformed_arguments"
 
 
-def _run_quantize(handle: ModelHandle, args: BaseModel) -> ModelHandle:
+def _run_quantize(handle: ModelHandle, args: BaseModel, teacher: ModelHandle | None = None) -> ModelHandle:
     from tools.quantization import quantize
 
     a = QuantizeArgs.model_validate(args.model_dump())
@@ -57,14 +60,31 @@ def _run_quantize(handle: ModelHandle, args: BaseModel) -> ModelHandle:
         backend=a.backend or "auto",
         block_size=a.block_size,
         accuracy_target=a.accuracy_target,
+        size_target=a.size_target,
+        recovery=a.recovery,
+        recovery_steps=a.recovery_steps,
+        recovery_time_s=a.recovery_time_s,
+        recovery_learning_rate=a.recovery_learning_rate,
+        teacher=teacher,
     )
 
 
-def _run_prune(handle: ModelHandle, args: BaseModel) -> ModelHandle:
+def _run_prune(handle: ModelHandle, args: BaseModel, teacher: ModelHandle | None = None) -> ModelHandle:
     from tools.pruning import prune
 
     a = PruneArgs.model_validate(args.model_dump())
     return prune(handle, a.method, a.amount, scope=a.scope, include=a.include, exclude=a.exclude, seed=a.seed)
+
+
+def _run_distill(handle: ModelHandle, args: BaseModel, teacher: ModelHandle | None = None) -> ModelHandle:
+    from tools.distillation import distill
+
+    a = DistillArgs.model_validate(args.model_dump())
+    if teacher is None:
+        raise InvalidArgumentError(
+            "distill needs the teacher to learn from (the original model): run_tool(..., teacher=handle)"
+        )
+    return distill(handle, teacher, **a.model_dump())
 
 
 def _run_inspect(handle: ModelHandle, args: BaseModel, **_context: Any) -> Any:
@@ -134,6 +154,16 @@ TOOLS: dict[str, ToolSpec] = {
         args_model=PruneArgs,
         run=_run_prune,
     ),
+    "distill": ToolSpec(
+        name="distill",
+        description="Recover accuracy a pruned (or partly quantized) candidate lost: train it to "
+        "reproduce the original model's outputs (knowledge distillation on the evaluation inputs and "
+        "augmented copies, or inputs synthesized from the signature), within a step and a time budget. "
+        "Call it in the same trial right after prune, before quantize (it trains float weights; for "
+        "quantized layers use quantize's recovery='qat'). Torch models only.",
+        args_model=DistillArgs,
+        run=_run_distill,
+    ),
 }
 
 
@@ -181,7 +211,7 @@ def _spec(name: str, tools: dict[str, ToolSpec] | None = None) -> ToolSpec:
 
 
 def tool_definitions(names: list[str] | None = None) -> list[dict[str, Any]]:
-    """The planner's tool definitions (quantize, prune) in OpenAI function-calling format."""
+    """The planner's tool definitions (quantize, prune, distill) in OpenAI function-calling format."""
     return [_spec(n).definition() for n in (names if names is not None else list(TOOLS))]
 
 
@@ -219,12 +249,19 @@ def _validate(spec: ToolSpec, arguments: dict[str, Any] | str | None) -> BaseMod
     return spec.args_model.model_validate(arguments)
 
 
-def run_tool(name: str, handle: ModelHandle, args: BaseModel | dict[str, Any] | str) -> ModelHandle:
-    """Validate (if needed) and run one planner tool on `handle`; returns the new handle."""
+def run_tool(
+    name: str,
+    handle: ModelHandle,
+    args: BaseModel | dict[str, Any] | str,
+    *,
+    teacher: ModelHandle | None = None,
+) -> ModelHandle:
+    """Validate (if needed) and run one planner tool on `handle`; returns the new handle. `teacher` is the
+    model recovery learns from (distill; quantize with recovery='qat'): the session's original model."""
     spec = _spec(name)
     if not isinstance(args, spec.args_model):
         args = validate_call(name, args if not isinstance(args, BaseModel) else args.model_dump())
-    return spec.run(handle, args)
+    return spec.run(handle, args, teacher=teacher)
 
 
 def run_any_tool(
@@ -236,5 +273,5 @@ def run_any_tool(
     if not isinstance(args, spec.args_model):
         args = validate_any_call(name, args if not isinstance(args, BaseModel) else args.model_dump())
     if name in TOOLS:
-        return spec.run(handle, args)
+        return spec.run(handle, args, teacher=context.get("teacher"))
     return spec.run(handle, args, **context)

@@ -156,3 +156,148 @@ def choose_mixed(
         sensitivity=sensitivity,
     )
     return candidate, choice
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-layer precision under a size target: measured costs, then a multiple-choice knapsack
+
+FLOAT = "float"
+KNAPSACK_UNITS = 2000  # the byte axis of the knapsack is cut into this many steps
+MAX_SIZE_ROUNDS = 3  # re-solves when the built model comes out larger than the estimate
+
+
+@dataclass
+class SizeChoice:
+    """Which precision each layer group got, what was measured to choose it, and what came out."""
+
+    assignment: dict[str, str]  # group -> precision
+    layers: dict[str, str]  # layer -> precision
+    target_bytes: int
+    estimated_bytes: int
+    measured_bytes: int
+    met: bool
+    accuracy_retained: float
+    relative_error: float
+    rounds: int
+    costs: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> precision -> cost alone
+    savings: dict[str, dict[str, int]] = field(default_factory=dict)  # group -> precision -> bytes saved
+
+    def summary(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for p in self.assignment.values():
+            counts[p] = counts.get(p, 0) + 1
+        return {
+            "size_target_bytes": self.target_bytes,
+            "estimated_bytes": self.estimated_bytes,
+            "measured_bytes": self.measured_bytes,
+            "size_target_met": self.met,
+            "accuracy_retained_measured": round(self.accuracy_retained, 6),
+            "relative_error_measured": round(self.relative_error, 6),
+            "groups_by_precision": counts,
+            "assignment": self.assignment,
+            "rounds": self.rounds,
+            "cost_alone": {g: {p: round(c, 8) for p, c in by.items()} for g, by in self.costs.items()},
+            "bytes_saved_alone": self.savings,
+            "cost": "squared relative output error with only that group quantized (errors of independent "
+            "layers add up in their squares)",
+        }
+
+
+def choose_for_size(
+    groups: Sequence[LayerGroup],
+    precisions: Sequence[str],
+    build: Callable[[dict[str, str]], Any],
+    probe: Callable[[Any], Probe],
+    size_of: Callable[[Any], int],
+    target_bytes: int,
+) -> tuple[Any, SizeChoice]:
+    """The candidate whose per-layer precisions meet `target_bytes` at the least measured cost.
+
+    `precisions` are the lower precisions on offer (e.g. ("int8", "int4")); "float" is always one.
+    `build(layer -> precision)` quantizes the named layers (the others stay float), `probe` measures a
+    candidate against the float model, `size_of` its bytes. Each group is measured alone at each
+    precision (its cost: the squared relative output error; its saving: the bytes it takes off the
+    float model), a multiple-choice knapsack picks one precision per group that saves enough bytes at
+    the least total cost, and the pick is built and measured. When the built model comes out larger
+    than the estimate, the knapsack is solved again asking for the difference too. When no mix reaches
+    the target, every group takes its smallest precision and `met` is False (the caller's gate decides).
+    """
+    options = [p for p in precisions if p != FLOAT]
+    base = build({})
+    float_bytes = size_of(base)
+    rounds = 1
+    costs: dict[str, dict[str, float]] = {}
+    savings: dict[str, dict[str, int]] = {}
+    for g in groups:
+        costs[g.name] = {FLOAT: 0.0}
+        savings[g.name] = {FLOAT: 0}
+        for p in options:
+            candidate = build(dict.fromkeys(g.layers, p))
+            costs[g.name][p] = probe(candidate).relative_error ** 2
+            savings[g.name][p] = max(0, float_bytes - size_of(candidate))
+            rounds += 1
+    need = max(0, float_bytes - target_bytes)
+    assignment: dict[str, str] = {}
+    candidate, measured = base, float_bytes
+    for _ in range(MAX_SIZE_ROUNDS):
+        assignment = knapsack(groups, costs, savings, need)
+        layers = {name: assignment[g.name] for g in groups for name in g.layers}
+        candidate = build({k: v for k, v in layers.items() if v != FLOAT})
+        measured = size_of(candidate)
+        rounds += 1
+        if measured <= target_bytes or all(assignment[g.name] == _smallest(savings[g.name]) for g in groups):
+            break
+        need += measured - target_bytes
+    result = probe(candidate)
+    estimated = float_bytes - sum(savings[g.name][assignment[g.name]] for g in groups)
+    choice = SizeChoice(
+        assignment=assignment,
+        layers={name: assignment[g.name] for g in groups for name in g.layers},
+        target_bytes=int(target_bytes),
+        estimated_bytes=int(estimated),
+        measured_bytes=int(measured),
+        met=measured <= target_bytes,
+        accuracy_retained=result.accuracy_retained,
+        relative_error=result.relative_error,
+        rounds=rounds + 1,
+        costs=costs,
+        savings=savings,
+    )
+    return candidate, choice
+
+
+def knapsack(
+    groups: Sequence[LayerGroup],
+    costs: dict[str, dict[str, float]],
+    savings: dict[str, dict[str, int]],
+    need: int,
+) -> dict[str, str]:
+    """One precision per group saving at least `need` bytes at the least summed cost (a multiple-choice
+    knapsack, solved by dynamic programming over savings in `KNAPSACK_UNITS` steps; savings are rounded
+    down, so a solution found saves at least what it claims). Infeasible: every group's largest saving."""
+    if need <= 0:
+        return {g.name: FLOAT for g in groups}
+    unit = max(1, -(-need // KNAPSACK_UNITS))
+    cap = -(-need // unit)
+    inf = float("inf")
+    # best[u] = (least cost reaching at least u units of saving, the choices that reach it)
+    best: list[tuple[float, tuple[str, ...]]] = [(0.0, ())] + [(inf, ())] * cap
+    for g in groups:
+        nxt: list[tuple[float, tuple[str, ...]]] = [(inf, ())] * (cap + 1)
+        for u, (cost, picks) in enumerate(best):
+            if cost == inf:
+                continue
+            for p, saved in savings[g.name].items():
+                v = min(cap, u + saved // unit)
+                c = cost + costs[g.name][p]
+                if c < nxt[v][0]:
+                    nxt[v] = (c, (*picks, p))
+        best = nxt
+    cost, picks = best[cap]
+    if cost == inf:
+        return {g.name: _smallest(savings[g.name]) for g in groups}
+    return {g.name: p for g, p in zip(groups, picks, strict=True)}
+
+
+def _smallest(saved: dict[str, int]) -> str:
+    return max(saved, key=lambda p: saved[p])

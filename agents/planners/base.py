@@ -8,9 +8,9 @@ from typing import Any, Protocol, runtime_checkable
 from agents.criteria import Criteria, Measurement
 from agents.state import Action, Instructions, ToolCall, TrialRecord, VersionRecord
 
-# The transforms a planner may call, by technique. Measuring (benchmark, evaluate) is not the
-# planner's job: every candidate is measured by the graph.
-TRANSFORM_TOOLS = ("quantize", "prune")
+# The transforms a planner may call, by technique; distill is recovery, not compression, and goes with
+# either. Measuring (benchmark, evaluate) is not the planner's job: every candidate is measured by the graph.
+TRANSFORM_TOOLS = ("quantize", "prune", "distill")
 HALF_PRECISION_METHODS = ("fp16", "bf16")
 
 
@@ -53,7 +53,7 @@ def check_allowed(call: ToolCall, view: PlannerView) -> str | None:
     """Why a (schema-valid) call breaks the user's criteria or chat constraints; None if it doesn't."""
     allowed = view.allowed_techniques()
     if call.tool not in TRANSFORM_TOOLS:
-        return f"'{call.tool}' is not an optimization step; allowed tools: quantize, prune, finish"
+        return f"'{call.tool}' is not an optimization step; allowed tools: quantize, prune, distill, finish"
     if call.tool == "prune" and "pruning" not in allowed:
         return "pruning is not allowed for this session (criteria or the user's instructions)"
     if call.tool == "quantize":

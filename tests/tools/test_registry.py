@@ -23,16 +23,24 @@ from tools.registry import (
 
 def test_definitions_are_openai_tools() -> None:
     definitions = tool_definitions()
-    assert [d["function"]["name"] for d in definitions] == list(TOOLS) == ["quantize", "prune"]
+    assert [d["function"]["name"] for d in definitions] == list(TOOLS) == ["quantize", "prune", "distill"]
     for d in definitions:
         assert d["type"] == "function" and d["function"]["description"]
         params = d["function"]["parameters"]
         assert params["type"] == "object" and params["additionalProperties"] is False
-        assert "method" in params["required"]
+        if d["function"]["name"] != "distill":
+            assert "method" in params["required"]
         for prop in params["properties"].values():
             assert prop.get("description"), prop
         json.dumps(d)  # plain JSON
-    quantize_def, prune_def = definitions
+    quantize_def, prune_def, distill_def = definitions
+    quant = quantize_def["function"]["parameters"]["properties"]
+    assert quant["recovery"]["enum"] == ["none", "qat"] and quant["recovery"]["default"] == "none"
+    assert quant["size_target"]["anyOf"][0]["exclusiveMaximum"] == 1
+    distill = distill_def["function"]["parameters"]["properties"]
+    assert distill["steps"]["minimum"] == 1 and distill["loss"]["enum"] == ["auto", "kl", "mse", "cosine"]
+    assert distill["time_budget_s"]["anyOf"][0]["exclusiveMinimum"] == 0
+    assert distill_def["function"]["parameters"].get("required", []) == []
     methods = quantize_def["function"]["parameters"]["properties"]["method"]["enum"]
     assert set(methods) == {"dynamic_int8", "weight_only_int8", "weight_only_int4", "bnb_int8", "bnb_nf4",
                             "fp16", "bf16", "static_int8"}  # fmt: skip
@@ -64,6 +72,13 @@ def test_validate_call_accepts_dicts_and_json_text() -> None:
         ("prune", {"method": "magnitude", "amount": 0}, ValidationError),
         ("prune", {"method": "magnitude", "amount": 0.3, "scope": "local"}, ValidationError),
         ("prune", {"amount": 0.3}, ValidationError),
+        ("quantize", {"method": "dynamic_int8", "recovery": "finetune"}, ValidationError),
+        ("quantize", {"method": "weight_only_int4", "size_target": 1.0}, ValidationError),
+        ("quantize", {"method": "dynamic_int8", "recovery": "qat", "recovery_steps": 0}, ValidationError),
+        ("distill", {"steps": 0}, ValidationError),
+        ("distill", {"time_budget_s": 0}, ValidationError),
+        ("distill", {"loss": "hinge"}, ValidationError),
+        ("distill", {"teacher": "v0"}, ValidationError),
     ],
 )
 def test_invalid_calls_are_refused(name: str, arguments: object, error: type[Exception]) -> None:
@@ -72,7 +87,7 @@ def test_invalid_calls_are_refused(name: str, arguments: object, error: type[Exc
 
 
 def test_unknown_tool_message_lists_tools() -> None:
-    with pytest.raises(UnknownToolError, match="quantize, prune"):
+    with pytest.raises(UnknownToolError, match="quantize, prune, distill"):
         tool_definitions(["nope"])
 
 
@@ -95,13 +110,13 @@ def test_planner_definitions_unchanged_and_full_set_separate() -> None:
     from agents.toolset import planner_tools
     from tools.registry import ALL_TOOLS, all_tool_definitions
 
-    assert [d["function"]["name"] for d in planner_tools()] == ["quantize", "prune", "finish"]
-    assert [d["function"]["name"] for d in tool_definitions()] == ["quantize", "prune"]
+    assert [d["function"]["name"] for d in planner_tools()] == ["quantize", "prune", "distill", "finish"]
+    assert [d["function"]["name"] for d in tool_definitions()] == ["quantize", "prune", "distill"]
     with pytest.raises(UnknownToolError):
         validate_call("benchmark", {})  # the planner cannot call measuring tools
     definitions = {d["function"]["name"]: d["function"] for d in all_tool_definitions()}
-    assert list(definitions) == list(ALL_TOOLS) == ["quantize", "prune", "inspect_model", "benchmark",
-                                                    "evaluate", "export"]  # fmt: skip
+    assert list(definitions) == list(ALL_TOOLS) == ["quantize", "prune", "distill", "inspect_model",
+                                                    "benchmark", "evaluate", "export"]  # fmt: skip
     for fn in definitions.values():
         params = fn["parameters"]
         assert fn["description"] and params["type"] == "object" and params["additionalProperties"] is False
