@@ -81,9 +81,8 @@ def load_model(
     elif report.format == "hf_directory":
         from tools.model_dirs import load_model_directory
 
-        loaded = load_model_directory(
-            path, device=device, input_names=[s.name for s in inputs] if inputs else None
-        )
+        names = [s.name if isinstance(s, InputSpec) else str(s.get("name")) for s in inputs or []]
+        loaded = load_model_directory(path, device=device, input_names=names or None)
         model, runtime = loaded.module, "torch"
         sig = Signature(
             inputs=loaded.inputs,
