@@ -390,12 +390,25 @@ def optimize(
     technique: Annotated[
         list[str] | None, typer.Option(help=f"Allowed technique (repeat): {', '.join(TECHNIQUES)}.")
     ] = None,
-    accuracy_floor: Annotated[float | None, typer.Option(help="Accuracy retained floor, 0-1.")] = None,
-    size_target: Annotated[float | None, typer.Option(help="Size reduction target, percent.")] = None,
-    latency_target: Annotated[float | None, typer.Option(help="Latency target, ms (p50, batch 1).")] = None,
-    max_trials: Annotated[int | None, typer.Option(help="At most this many candidates.")] = None,
-    time_budget: Annotated[float | None, typer.Option(help="Wall-clock budget, seconds.")] = None,
-    benchmark_iterations: Annotated[int | None, typer.Option(help="Timed iterations per benchmark.")] = None,
+    accuracy_floor: Annotated[
+        float | None, typer.Option(min=0.001, max=1.0, help="Accuracy retained floor, 0-1.")
+    ] = None,
+    size_target: Annotated[
+        float | None,
+        typer.Option(min=0.1, max=99.9, help="Size reduction target, %."),
+    ] = None,
+    latency_target: Annotated[
+        float | None, typer.Option(min=0.0001, help="Latency target, ms (p50, batch 1).")
+    ] = None,
+    max_trials: Annotated[
+        int | None, typer.Option(min=1, max=200, help="At most this many candidates.")
+    ] = None,
+    time_budget: Annotated[
+        float | None, typer.Option(min=1.0, max=86400.0, help="Wall-clock budget, seconds.")
+    ] = None,
+    benchmark_iterations: Annotated[
+        int | None, typer.Option(min=1, max=10000, help="Timed iterations per benchmark.")
+    ] = None,
     name: Annotated[str | None, typer.Option(help="Name of the uploaded model (a file only).")] = None,
     architecture: Annotated[
         str | None, typer.Option(help="Architecture JSON of an uploaded state dict.")

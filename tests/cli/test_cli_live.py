@@ -163,6 +163,9 @@ def test_errors_are_the_api_messages(robopt: Robopt, tmp_path: Path, server: Liv
     assert missing.exit_code == 1 and "Error: Model not found" in missing.output
     bad_preset = robopt("optimize", "0" * 32, "--preset", "fastest")
     assert bad_preset.exit_code == 2 and "must be one of" in bad_preset.output
+    # Out of the API's range: refused before anything is uploaded.
+    too_many = robopt("optimize", str(traced_policy(tmp_path / "p.pt")), "--max-trials", "500")
+    assert too_many.exit_code == 2 and "Uploaded" not in too_many.output
     no_file = robopt("optimize", str(tmp_path / "absent.onnx"))
     assert no_file.exit_code == 1 and "No such file" in no_file.output
     not_a_model = tmp_path / "notes.exe"
@@ -199,3 +202,28 @@ def test_the_console_script_runs_login_from_the_environment(robopt: Robopt, tmp_
     ).stdout
     for command in ("login", "models", "optimize", "sessions", "serve"):
         assert command in help_text
+
+
+def test_cancel_a_running_session_then_follow_exits_non_zero(robopt: Robopt, tmp_path: Path) -> None:
+    _login(robopt)
+    path = traced_policy(tmp_path / "slow.pt", seed=3)
+    started = robopt(
+        "optimize",
+        str(path),
+        "--preset",
+        "max_compression",
+        "--max-trials",
+        "8",
+        "--benchmark-iterations",
+        "10000",
+    )
+    assert started.exit_code == 0, started.output
+    assert "robopt sessions follow" in started.output
+    session_id = next(line.split()[1] for line in started.output.splitlines() if line.startswith("Session "))
+    cancelled = robopt("sessions", "cancel", session_id)
+    assert cancelled.exit_code == 0, cancelled.output
+    followed = robopt("sessions", "follow", session_id)
+    assert followed.exit_code == 1, followed.output
+    assert f"Error: Session {session_id} cancelled" in followed.output
+    status = json.loads(robopt("sessions", "status", session_id, "--json").stdout)
+    assert status["status"] == "cancelled" and status["cancel_requested"] is True
