@@ -7,6 +7,7 @@ reached, or a followed session ends other than `completed`; 2 for a usage error.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,12 +54,18 @@ class State:
 state = State()
 
 
+def _width(stream: object) -> int | None:
+    # Rich assumes 80 columns off a terminal (CI logs, pipes); tables of full ids need more.
+    isatty = getattr(stream, "isatty", None)
+    return None if (isatty and isatty()) or "COLUMNS" in os.environ else 120
+
+
 def out() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, width=_width(sys.stdout))
 
 
 def err() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, width=_width(sys.stderr))
 
 
 def fail(message: str, hint: str | None = None) -> typer.Exit:

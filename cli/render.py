@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+TERMINAL = ("completed", "failed", "cancelled")
 DECISION_STYLES = {"accepted": "green", "rejected": "yellow", "failed": "red"}
 STATUS_STYLES = {
     "completed": "green",
@@ -69,20 +71,19 @@ def status_text(status: str | None) -> Text:
 
 
 def models_table(items: list[dict[str, Any]], total: int) -> Table:
-    table = Table(title=f"Models ({total})", title_justify="left")
+    # Parameters and the rest are in `robopt models show ID`; full ids, for the other commands.
+    table = Table(title=f"Models ({total})", title_justify="left", box=box.SIMPLE_HEAD, expand=True)
     table.add_column("ID", no_wrap=True)
     table.add_column("Name", overflow="fold", ratio=1)
-    for column in ("Format", "Size", "Parameters", "Uploaded"):
+    for column in ("Format", "Size", "Uploaded"):
         table.add_column(column, no_wrap=True)
     for m in items:
-        params = (m.get("format_details") or {}).get("parameter_count")
         table.add_row(
             t(m["id"]),
             t(m["name"], "bold"),
             t(m["format"]),
             t(fmt_bytes(m["size_bytes"])),
-            t(f"{params:,}" if params is not None else None),
-            t(str(m["created_at"])[:16].replace("T", " ")),
+            t(str(m["created_at"])[5:16].replace("T", " ")),
         )
     return table
 
@@ -136,20 +137,19 @@ def model_details(m: dict[str, Any]) -> Group:
 
 
 def sessions_table(items: list[dict[str, Any]], total: int) -> Table:
-    table = Table(title=f"Sessions ({total})", title_justify="left")
-    table.add_column("ID", no_wrap=True)
-    table.add_column("Model", overflow="fold", ratio=1)
-    for column in ("Preset", "Status", "Progress", "Trials", "Created"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=f"Sessions ({total})", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("ID", "Model", "Preset", "Status", "Trials", "Created"):
+        table.add_column(column, no_wrap=True)
     for s in items:
+        status = s["status"]
+        shown = status if status in TERMINAL else f"{status} {s['progress_percentage']:.0f}%"
         table.add_row(
             t(s["session_id"]),
-            t(s["model_id"]),
-            t(s.get("criteria_name")),
-            status_text(s["status"]),
-            t(f"{s['progress_percentage']:.0f}%"),
+            t(s["model_id"][:8]),  # in full: robopt sessions status ID
+            t((s.get("criteria_name") or "").removesuffix("_optimization")),
+            t(shown, STATUS_STYLES.get(status, "")),
             t(s["trials_done"]),
-            t(str(s["created_at"])[:19].replace("T", " ")),
+            t(str(s["created_at"])[5:16].replace("T", " ")),
         )
     return table
 

@@ -72,6 +72,7 @@ def test_models_upload_list_show_download_delete(robopt: Robopt, tmp_path: Path)
     shown = robopt("models", "show", model_id)
     assert shown.exit_code == 0, shown.output
     assert "obs" in shown.output and "[dynamic, 32]" in shown.output and "283,656" in shown.output
+    assert "output" in shown.output and "logits" in shown.output
 
     out_dir = tmp_path / "downloads"
     out_dir.mkdir()
