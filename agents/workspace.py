@@ -193,7 +193,8 @@ class Workspace:
             tmp.replace(folder)
         except Exception as err:  # noqa: BLE001 - the directory stays the download; the reason is kept
             _remove(tmp)
-            return {"onnx_unavailable": _reason("onnx", err)}
+            # Users read the reason: no server paths in it.
+            return {"onnx_unavailable": _reason("onnx", err).replace(f"{tmp}/", "").replace(str(tmp), "")}
         external = onnx_data_path(folder / "model.onnx").exists()
         runtime = runtime_of("onnx", folder / "model.onnx")
         return {
