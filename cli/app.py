@@ -275,14 +275,21 @@ def models_download(
         typer.Option("--output", "-o", help="File or directory (default: the server's name, here)."),
     ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+    as_onnx: Annotated[
+        bool, typer.Option("--onnx", help="The ONNX form saved beside an optimized transformers directory.")
+    ] = False,
 ) -> None:
     """Download a model file (its SHA-256 checked against the server's)."""
     with api() as client:
-        target = _download(client, f"/models/{model_id}/download", output, force)
-    out().print(Text(f"Saved {target}"))
+        target, runtime = _download(
+            client, f"/models/{model_id}/download", output, force, {"format": "onnx"} if as_onnx else None
+        )
+    out().print(Text(f"Saved {target}" + (f" (runs with {runtime})" if runtime else "")))
 
 
-def _download(client: Client, path: str, output: Path | None, force: bool) -> Path:
+def _download(
+    client: Client, path: str, output: Path | None, force: bool, params: dict[str, str] | None = None
+) -> tuple[Path, str | None]:
     with _transfer_progress(err()) as progress:
         task = progress.add_task("Downloading", total=None)
         return client.download(
@@ -290,6 +297,7 @@ def _download(client: Client, path: str, output: Path | None, force: bool) -> Pa
             output,
             force,
             lambda done, total: progress.update(task, completed=done, total=total or None),
+            params,
         )
 
 
@@ -573,8 +581,9 @@ def sessions_download(
         )
         if not path:
             raise fail("This session has no downloadable version", selected.get("note"))
-        target = _download(client, path, output, force)
-    out().print(Text(f"Saved {target} ({selected.get('version')}, {selected.get('artifact_format')})"))
+        target, runtime = _download(client, path, output, force)
+    runs = f", runs with {runtime}" if runtime else ""
+    out().print(Text(f"Saved {target} ({selected.get('version')}, {selected.get('artifact_format')}{runs})"))
 
 
 # ---------------------------------------------------------------------------------------------

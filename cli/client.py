@@ -140,11 +140,19 @@ class Client:
             return dict(self.request("POST", "/models/upload", files=files, data=fields))
 
     def download(
-        self, path: str, destination: Path | None, force: bool, progress: Progress | None = None
-    ) -> Path:
-        """Stream a file to `destination` (a directory or a file; None: the server's name here)."""
+        self,
+        path: str,
+        destination: Path | None,
+        force: bool,
+        progress: Progress | None = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[Path, str | None]:
+        """Stream a file to `destination` (a directory or a file; None: the server's name here).
+
+        Returns where it went and the runtime the server says the file needs (X-Model-Runtime).
+        """
         try:
-            with self._http.stream("GET", path, headers=self._headers()) as response:
+            with self._http.stream("GET", path, headers=self._headers(), params=params) as response:
                 if response.is_error:
                     response.read()
                     raise error_from(response)
@@ -166,7 +174,9 @@ class Client:
                             done += len(chunk)
                             if progress:
                                 progress(done, total)
-                    expected = response.headers.get("x-content-sha256")
+                    # A .tar is built while it is sent: a digest the server gives is of a file inside it.
+                    tar = response.headers.get("content-type", "").startswith("application/x-tar")
+                    expected = None if tar else response.headers.get("x-content-sha256")
                     if expected and expected != digest.hexdigest():
                         raise ApiClientError(
                             0,
@@ -177,7 +187,7 @@ class Client:
                     partial.replace(target)
                 finally:
                     partial.unlink(missing_ok=True)
-                return target
+                return target, response.headers.get("x-model-runtime")
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from exc
 

@@ -80,6 +80,9 @@ def test_models_upload_list_show_download_delete(robopt: Robopt, tmp_path: Path)
     assert got.exit_code == 0, got.output
     downloaded = out_dir / "walker.pt"
     assert downloaded.read_bytes() == path.read_bytes()
+    assert "runs with torch" in got.output  # the server's X-Model-Runtime
+    no_onnx = robopt("models", "download", model_id, "--onnx", "-o", str(out_dir))
+    assert no_onnx.exit_code == 1 and "no ONNX form" in no_onnx.output
     again = robopt("models", "download", model_id, "-o", str(out_dir))
     assert again.exit_code == 1 and "exists" in again.output and "--force" in again.output
     assert robopt("models", "download", model_id, "-o", str(out_dir), "--force").exit_code == 0
