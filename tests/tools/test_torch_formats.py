@@ -226,6 +226,9 @@ def test_workspace_saves_in_the_uploaded_format_and_says_when_not(
     path, saved = workspace.save("v1", quantize(handle, "fp16"))
     assert saved == fmt and path is not None and Path(path).suffix == EXT[fmt]
     info = json.loads((Path(path).parent / ARTIFACT_INFO).read_text())
+    runtime = info.pop("runtime")
+    assert runtime.startswith("onnxruntime" if fmt == "onnx" else "torch>=")
+    assert info.pop("downloads") == {fmt: {"path": Path(path).name, "runtime": runtime}}
     assert info == {"artifact_format": fmt, "source_format": fmt, "converted": False}
     assert _cosine(run_plain(path, x), reference) >= 0.9999
     if fmt == "pt2":
