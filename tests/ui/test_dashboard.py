@@ -238,3 +238,46 @@ def test_a_wrong_password_is_shown_as_an_error(ui: Watched) -> None:
     assert ui.page.get_by_role("button", name="Log in").is_visible()
     assert ui.page.evaluate("() => sessionStorage.getItem('robopt.token')") is None
     ui.shot("wrong-password")
+
+
+def test_refusals_are_shown_and_a_revoked_token_asks_for_a_new_login(
+    ui: Watched, server: LiveServer, tmp_path: Path
+) -> None:
+    page = ui.page
+    log_in(ui)
+    page.get_by_role("heading", name="Models", exact=True).wait_for()
+
+    # A file the server refuses: its message, no progress bar left, nothing listed.
+    bogus = tmp_path / "notes.exe"
+    bogus.write_bytes(b"MZ not a model")
+    page.get_by_label("Model file").set_input_files(str(bogus))
+    page.get_by_role("button", name="Upload").click()
+    alert = page.get_by_role("alert").filter(has_text="not accepted")
+    alert.wait_for()
+    assert ".exe" in alert.inner_text()
+    assert page.get_by_label("Upload progress").is_hidden()
+    assert page.get_by_role("link", name="notes").count() == 0
+
+    # Criteria the server refuses: the reason, and the page stays where it is.
+    page.get_by_label("Model file").set_input_files(str(traced_policy(tmp_path / "strict.pt", seed=4)))
+    page.get_by_label("Name", exact=True).fill("strict")
+    page.get_by_role("button", name="Upload").click()
+    page.get_by_role("link", name="strict").click()
+    page.get_by_label("Preset").select_option("accuracy_first")
+    page.get_by_text("More: techniques, floors, budget").click()
+    page.get_by_label("Accuracy floor (%)").fill("80")
+    page.get_by_role("button", name="Start optimization").click()
+    refused = page.get_by_role("alert").filter(has_text="contradicts")
+    refused.wait_for()
+    assert "#/models/" in page.url
+    ui.shot("refused-start")
+
+    # The token is revoked elsewhere (a logout): the next call sends the user to the login form.
+    token = page.evaluate("() => sessionStorage.getItem('robopt.token')")
+    r = httpx.post(f"{server.base_url}/auth/logout", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    page.get_by_role("link", name="Sessions").click()
+    page.get_by_role("status").filter(has_text="expired or was revoked").wait_for()
+    assert page.get_by_role("button", name="Log in").is_visible()
+    assert page.evaluate("() => sessionStorage.getItem('robopt.token')") is None
+    assert not ui.errors and not ui.dialogs, (ui.errors, ui.dialogs)
