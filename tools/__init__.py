@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "EvalResult": "tools.evaluation",
     "export": "tools.exporting",
     "serialized_size": "tools.exporting",
+    "export_hf_directory": "tools.exporting",
+    "load_openvla_directory": "tools.openvla_layout",
     "validate_upload": "tools.formats",
     "validate_eval_data": "tools.formats",
     "FormatReport": "tools.formats",

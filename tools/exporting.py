@@ -92,12 +92,30 @@ def serialized_size(handle: ModelHandle) -> int:
         return int(handle.model.ByteSize())
     import torch
 
-    buffer = io.BytesIO()
     if isinstance(handle.model, torch.jit.ScriptModule):
+        buffer = io.BytesIO()
         torch.jit.save(handle.model, buffer)
-    else:
-        torch.save(handle.model.state_dict(), buffer)
-    return buffer.tell()
+        return buffer.tell()
+    # Counted, not kept: a buffer would hold a second copy of a multi-gigabyte checkpoint's weights.
+    sink = _ByteCounter()
+    torch.save(handle.model.state_dict(), sink)
+    return sink.count
+
+
+class _ByteCounter(io.RawIOBase):
+    """A write-only stream that only counts what is written to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:  # type: ignore[override]
+        n = len(memoryview(data).cast("B"))
+        self.count += n
+        return n
 
 
 def example_inputs(handle: ModelHandle, batch_size: int = 2) -> dict[str, np.ndarray]:
@@ -600,8 +618,15 @@ def export_hf_directory(handle: ModelHandle, directory: Path | str, *, verify: b
     _require_torch(handle, "hf_directory")
     inner = transformers_model(handle.model)
     if inner is None:
+        openvla = handle.architecture is not None and handle.architecture.name == "vla"
         raise UnsupportedFormatError(
             "only a Hugging Face transformers model can be written as a transformers directory"
+            + (
+                "; an OpenVLA checkpoint runs as robopt's vla architecture, which is not written back "
+                "in OpenVLA's own layout"
+                if openvla
+                else ""
+            )
         )
     quantization, runtime = hf_quantization(handle)
     if directory.exists() and any(directory.iterdir()):

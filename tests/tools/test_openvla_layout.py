@@ -222,6 +222,30 @@ def test_not_an_openvla_config_is_refused() -> None:
         openvla_architecture_ref({"model_type": "llama"})
 
 
+def test_openvla_directory_through_the_toolbox(
+    checkpoint: tuple[Path, dict[str, torch.Tensor]], tmp_path: Path
+) -> None:
+    """load_model builds it as the vla architecture; an optimized version downloads as TorchScript and
+    says why it is not an OpenVLA directory."""
+    from agents.workspace import ARTIFACT_INFO, Workspace
+    from tools import load_model, quantize
+
+    directory, _ = checkpoint
+    handle = load_model(directory)
+    assert handle.format == "hf_directory" and handle.architecture is not None
+    assert handle.architecture.name == "vla" and [s.name for s in handle.inputs] == [
+        "images_a",
+        "images_b",
+        "instruction_ids",
+    ]
+    path, fmt = Workspace(original=handle, artifacts_dir=tmp_path).save(
+        "v1", quantize(handle, "dynamic_int8")
+    )
+    info = json.loads((Path(path).parent / ARTIFACT_INFO).read_text())
+    assert fmt == "torchscript" and info["converted"] and "OpenVLA's own layout" in info["note"]
+    assert not (directory / RAN_MARKER).exists()
+
+
 def test_existing_vla_defaults_are_unchanged() -> None:
     _, cfg = resolve("vla_mini")
     assert cfg.dino.pos_embed_prefix and cfg.dino.final_norm
