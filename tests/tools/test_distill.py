@@ -10,42 +10,15 @@ import torch
 from torch import nn
 
 from tests.tools.conftest import assert_same_weights, weights_snapshot
+from tests.tools.policies import ACT, INPUTS, OBS, trained_policy
 from tools import distill, evaluate, export, load_model, prune, quantize
 from tools.errors import DataMismatchError, InvalidArgumentError, UnsupportedFormatError
 from tools.handle import EvalData, InputSpec, ModelHandle
 
-OBS, ACT, HIDDEN = 8, 2, 128
-INPUTS = [InputSpec(name="obs", shape=[None, OBS])]
-
-
-def _expert(x: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
-    return np.tanh(np.tanh(x @ w1) @ w2 * 1.5).astype(np.float32)
-
-
-def _policy_net() -> nn.Module:
-    return nn.Sequential(
-        nn.Linear(OBS, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, ACT)
-    )  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def policy() -> ModelHandle:
-    """An MLP policy cloned from a smooth expert on states this test makes; its eval data has targets."""
-    from evals.training import fit, regression_loss
-
-    rng = np.random.default_rng(0)
-    w1 = rng.standard_normal((OBS, 32)) / np.sqrt(OBS)
-    w2 = rng.standard_normal((32, ACT)) / np.sqrt(32)
-    x = rng.standard_normal((4096, OBS)).astype(np.float32)
-    x_eval = rng.standard_normal((1024, OBS)).astype(np.float32)
-    torch.manual_seed(0)
-    model = _policy_net()
-    fit(model, [torch.from_numpy(x), torch.from_numpy(_expert(x, w1, w2))], regression_loss,
-        steps=400, batch_size=128, lr=3e-3, seed=0)  # fmt: skip
-    data = EvalData(inputs={"obs": x_eval}, targets=_expert(x_eval, w1, w2))
-    return ModelHandle(
-        runtime="torch", format="state_dict", model=model.eval(), inputs=list(INPUTS), eval_data=data
-    )
+    return trained_policy()
 
 
 def _value(handle: ModelHandle, reference: ModelHandle) -> float:
