@@ -85,6 +85,15 @@ async def register_model(
     extracted: ExtractedArchive | None = None
     try:
         check_path = incoming.path
+        if is_archive_extension(incoming.extension) and incoming.path.is_file() and not adopt:
+            # Registering in place means no second copy; an archive is only usable unpacked.
+            raise ApiError(
+                422,
+                "validation_error",
+                f"A {incoming.extension} archive cannot be registered in place: it would be unpacked into "
+                "a second copy",
+                "unpack it on the server and register the model directory instead",
+            )
         if is_archive_extension(incoming.extension) and incoming.path.is_file():
             model_id = new_id()
             model_dir = store.directory(NAMESPACE, model_id)

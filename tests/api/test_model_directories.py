@@ -30,7 +30,8 @@ BODY = {
 
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
-    return make_settings(tmp_path / "data", db_url, max_upload_mb=4)
+    (tmp_path / "imports").mkdir()
+    return make_settings(tmp_path / "data", db_url, max_upload_mb=4, model_import_dirs=[tmp_path / "imports"])
 
 
 @pytest.fixture(scope="module")
@@ -315,3 +316,16 @@ async def test_input_signature_given_at_upload_names_the_model_arguments(
     bad = [{"name": "pixel_values", "shape": [None, 3, 8, 8], "dtype": "float32"}]
     r = await upload_model(admin_headers, archive, input_signature=json.dumps(bad))
     assert r.status_code == 422 and r.json()["error"] == "data_mismatch", r.text
+
+
+async def test_an_archive_is_not_imported_in_place(
+    client: httpx.AsyncClient, admin_headers: AuthHeaders, model_dirs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Import registers without a copy; an archive would have to be unpacked (a copy): refused, and the
+    unpacked directory imports."""
+    imports = tmp_path / "imports"
+    archive = pack(model_dirs["bert"], imports / "bert.zip")
+    r = await client.post("/models/import", headers=admin_headers, json={"path": str(archive), "name": "b"})
+    assert r.status_code == 422 and r.json()["error"] == "validation_error", r.text
+    assert "unpack it on the server" in r.json()["details"]
+    assert archive.is_file() and (await client.get("/models", headers=admin_headers)).json()["total"] == 0
