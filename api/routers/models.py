@@ -179,7 +179,10 @@ def _text_field(fields: dict[str, str], name: str, limit: int) -> str | None:
     summary="Upload a model file",
     description="Multipart form: `file` (one of " + ", ".join(MODEL_EXTENSIONS) + "), `name`, `description`, "
     "optional `architecture` (JSON) for state dicts. The body streams to disk; the size limit is "
-    "enforced while streaming. The content must match the extension and must not need code to load.",
+    "enforced while streaming. The content must match the extension and must not need code to load. A "
+    ".zip, .tar or .tar.gz holds a Hugging Face transformers model directory: it is unpacked member by "
+    "member within MAX_ARCHIVE_MEMBERS and MAX_UNPACKED_GB and built by transformers from its config, "
+    "never with the model's own code.",
     openapi_extra=_multipart_doc(MODEL_EXTENSIONS, with_metadata=True),
     responses=error_responses(400, 401, 413, 422),
 )
