@@ -691,8 +691,11 @@ def _sized(
         four = [n for n in names if assign.get(n) == "int4"]
         eight = [n for n in names if assign.get(n) == "int8"]
         if method == "weight_only_int4":
-            return _weight_only_blocks(model, four, eight, block)
-        return _apply(model, method, eight, [], block, reader)
+            graph = _weight_only_blocks(model, four, eight, block)
+        else:
+            graph = _apply(model, method, eight, [], block, reader)
+        del graph.graph.value_info[:]  # as the result will be: sizes measured here are the file's
+        return graph
 
     def probe(graph: Any) -> Probe:
         r = evaluate(

@@ -1,0 +1,128 @@
+"""Mixed precision under a size target: per-layer costs measured, a knapsack over them (tools.sensitivity)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from tests.tools.conftest import assert_same_weights, weights_snapshot
+from tests.tools.policies import trained_policy
+from tools import evaluate, quantize
+from tools.errors import InvalidArgumentError
+from tools.exporting import serialized_size
+from tools.handle import ModelHandle
+from tools.sensitivity import FLOAT, LayerGroup, knapsack
+
+
+@pytest.fixture(scope="module")
+def policy() -> ModelHandle:
+    return trained_policy()
+
+
+def _ratio(handle: ModelHandle, original: ModelHandle) -> float:
+    return serialized_size(handle) / serialized_size(original)
+
+
+def test_meets_a_size_target_uniform_int8_misses_at_higher_fidelity_than_uniform_4bit(
+    policy: ModelHandle,
+) -> None:
+    int8 = quantize(policy, "dynamic_int8", backend="onnxruntime")
+    four = quantize(policy, "weight_only_int4", backend="onnxruntime")
+    target = 0.22
+    assert _ratio(int8, policy) > target > _ratio(four, policy)
+    before = weights_snapshot(policy)
+
+    mixed = quantize(policy, "weight_only_int4", backend="onnxruntime", size_target=target)
+
+    assert_same_weights(before, weights_snapshot(policy))
+    assert _ratio(mixed, policy) <= target
+    fidelity = {
+        name: evaluate(h, reference=policy) for name, h in (("mixed", mixed), ("four", four), ("int8", int8))
+    }
+    assert fidelity["mixed"].relative_error < fidelity["four"].relative_error
+    assert fidelity["mixed"].value > fidelity["four"].value, {k: v.value for k, v in fidelity.items()}
+    result = mixed.recipe[-1]["result"]
+    summary = result["mixed_precision"]
+    assert summary["size_target_met"] and summary["measured_bytes"] == serialized_size(mixed)
+    assert summary["size_target_bytes"] == int(target * serialized_size(quantize_input(policy)))
+    assert set(summary["assignment"].values()) >= {"int4"} and len(set(summary["assignment"].values())) >= 2
+    assert set(summary["cost_alone"]) == set(summary["assignment"]) and len(summary["assignment"]) == 3
+    costs = summary["cost_alone"]
+    assert all(by["int4"] >= by["int8"] >= 0 for by in costs.values())
+    assert result["layers_8bit"] == [n for n, p in result["layer_precisions"].items() if p == "int8"]
+    assert mixed.recipe[-1]["size_target"] == target
+
+
+def quantize_input(policy: ModelHandle) -> ModelHandle:
+    """What the ONNX Runtime path measures the target against: the exported float graph."""
+    from tools.onnx_quantization import as_onnx_handle
+
+    return as_onnx_handle(policy)
+
+
+def test_torch_int8_mixed_precision_keeps_the_costliest_layers_float(policy: ModelHandle) -> None:
+    uniform = quantize(policy, "weight_only_int8")
+    mixed = quantize(policy, "weight_only_int8", size_target=0.5)
+    assert mixed.runtime == "torch" and _ratio(uniform, policy) < _ratio(mixed, policy) <= 0.5
+    result = mixed.recipe[-1]["result"]
+    precisions = result["layer_precisions"]
+    assert (
+        set(precisions) == {"0", "2", "4"}
+        and "float" in precisions.values()
+        and "int8" in precisions.values()
+    )
+    assert (
+        evaluate(mixed, reference=policy).relative_error < evaluate(uniform, reference=policy).relative_error
+    )
+    assert [s["tool"] for s in mixed.recipe] == ["quantize"] and result["mixed_precision"]["size_target_met"]
+    # One recipe step that replays to the same model (the measurements are deterministic).
+    step = {k: v for k, v in mixed.recipe[-1].items() if k not in ("tool", "result")}
+    again = quantize(policy, step.pop("method"), **step)
+    assert again.recipe[-1]["result"]["layer_precisions"] == precisions
+
+
+def test_an_unreachable_target_says_so(policy: ModelHandle) -> None:
+    mixed = quantize(policy, "weight_only_int8", size_target=0.05)
+    summary = mixed.recipe[-1]["result"]["mixed_precision"]
+    assert not summary["size_target_met"] and summary["measured_bytes"] > summary["size_target_bytes"]
+    # As small as it gets: no larger than every layer at int8.
+    assert serialized_size(mixed) <= serialized_size(quantize(policy, "weight_only_int8"))
+
+
+def test_bad_targets_are_refused(policy: ModelHandle) -> None:
+    with pytest.raises(InvalidArgumentError, match="accuracy_target or size_target, not both"):
+        quantize(policy, "weight_only_int8", size_target=0.5, accuracy_target=0.99)
+    with pytest.raises(
+        InvalidArgumentError, match=r"size_target is a fraction of the current size in \(0, 1\)"
+    ):
+        quantize(policy, "weight_only_int8", size_target=1.5)
+    with pytest.raises(InvalidArgumentError, match="mixed precision .* applies to"):
+        quantize(policy, "bf16", size_target=0.6)
+
+
+def test_knapsack_is_the_least_cost_choice_that_saves_enough() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        groups = [LayerGroup(f"g{i}", [f"g{i}"], 0) for i in range(rng.integers(1, 6))]
+        costs, savings = {}, {}
+        for g in groups:
+            c8 = float(rng.uniform(0, 1))
+            costs[g.name] = {FLOAT: 0.0, "int8": c8, "int4": c8 + float(rng.uniform(0, 2))}
+            s8 = int(rng.integers(10, 200))  # totals under KNAPSACK_UNITS: the byte axis is exact
+            savings[g.name] = {FLOAT: 0, "int8": s8, "int4": s8 + int(rng.integers(1, 150))}
+        need = int(rng.integers(0, sum(s["int4"] for s in savings.values()) + 1))
+        picked = knapsack(groups, costs, savings, need)
+        best = min(
+            (sum(costs[g.name][p] for g, p in zip(groups, combo, strict=True)), combo)
+            for combo in itertools.product((FLOAT, "int8", "int4"), repeat=len(groups))
+            if sum(savings[g.name][p] for g, p in zip(groups, combo, strict=True)) >= need
+        )
+        assert sum(savings[g.name][picked[g.name]] for g in groups) >= need
+        assert sum(costs[g.name][picked[g.name]] for g in groups) == pytest.approx(best[0], abs=1e-9)
+    # Infeasible: every group at its largest saving.
+    groups = [LayerGroup("a", ["a"], 0)]
+    assert knapsack(groups, {"a": {FLOAT: 0.0, "int8": 1.0}}, {"a": {FLOAT: 0, "int8": 10}}, 100) == {
+        "a": "int8"
+    }
