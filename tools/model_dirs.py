@@ -429,6 +429,11 @@ class TextModule(TransformersModule):
         return self.run((input_ids, attention_mask))
 
 
+class TextPairModule(TransformersModule):
+    def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> dict[str, Any]:
+        return self.run((input_ids, attention_mask, token_type_ids))
+
+
 class TokenIdsModule(TransformersModule):
     def forward(self, input_ids: Any) -> dict[str, Any]:
         return self.run((input_ids,))
@@ -441,6 +446,7 @@ class VisionModule(TransformersModule):
 
 _NAMED_MODULES: dict[tuple[str, ...], type[TransformersModule]] = {
     ("input_ids", "attention_mask"): TextModule,
+    ("input_ids", "attention_mask", "token_type_ids"): TextPairModule,
     ("input_ids",): TokenIdsModule,
     ("pixel_values",): VisionModule,
 }
