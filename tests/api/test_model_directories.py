@@ -329,3 +329,26 @@ async def test_an_archive_is_not_imported_in_place(
     assert r.status_code == 422 and r.json()["error"] == "validation_error", r.text
     assert "unpack it on the server" in r.json()["details"]
     assert archive.is_file() and (await client.get("/models", headers=admin_headers)).json()["total"] == 0
+
+
+async def test_tar_stream_stops_when_the_client_goes_away(tmp_path: Path) -> None:
+    """The tar is built block by block while it is read; a reader that leaves stops the writer."""
+    import asyncio
+    import threading
+
+    from api.archive_stream import BLOCK, QUEUE_BLOCKS, stream_directory_tar
+
+    directory = tmp_path / "big"
+    directory.mkdir()
+    (directory / "model.safetensors").write_bytes(b"\1" * (40 * BLOCK))
+    stream = stream_directory_tar(directory, "big")
+    first = await stream.__anext__()
+    assert len(first) == BLOCK
+    await asyncio.sleep(0.2)  # the writer fills the bounded queue, then waits
+    await stream.aclose()
+    for _ in range(40):
+        if not any(t.name == "robopt-tar-stream" for t in threading.enumerate()):
+            break
+        await asyncio.sleep(0.1)
+    assert not any(t.name == "robopt-tar-stream" for t in threading.enumerate())
+    assert QUEUE_BLOCKS < 40  # so the writer could not have finished on its own
