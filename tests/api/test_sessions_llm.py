@@ -84,7 +84,7 @@ async def test_llm_planner_drives_a_session_to_measured_gains(
     assert goal["source"] == "llm" and goal["applied"] == {"target_accuracy_threshold": 0.97}
     # The planner saw the registry's tool schemas plus finish.
     names = {t["function"]["name"] for t in llm.planner_requests[0]["tools"]}
-    assert names == {"quantize", "prune", "finish"}
+    assert names == {"quantize", "prune", "distill", "finish"}
 
 
 async def test_llm_failure_modes_are_corrected_or_fall_back_and_are_reported(
