@@ -339,6 +339,7 @@ async def session_results(session_id: str, user: CurrentUser, db: DbDep) -> Sess
         performance_improvements=r.get("performance_improvements"),
         trials=r.get("trials") or [],
         pareto_set=r.get("pareto_set") or [],
+        rejected=r.get("rejected") or [],
         selected_version=r.get("selected_version"),
         recipe=r.get("recipe") or [],
         accepted_chain=r.get("accepted_chain") or [],

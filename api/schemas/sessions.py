@@ -142,7 +142,15 @@ class SessionResults(BaseModel):
     optimization_summary: dict[str, Any]
     performance_improvements: dict[str, Any] | None
     trials: list[dict[str, Any]]
-    pareto_set: list[dict[str, Any]]
+    pareto_set: list[dict[str, Any]] = Field(
+        description="The versions no other beats on size, latency and accuracy at once, among those that met "
+        "the criteria (the original included)."
+    )
+    rejected: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Measured versions that missed the criteria (accuracy floor or latency target), with the "
+        "gate's reason; never in the Pareto set.",
+    )
     selected_version: dict[str, Any] | None
     recipe: list[dict[str, Any]]
     accepted_chain: list[str] = Field(default_factory=list, description="Accepted versions, oldest first.")
