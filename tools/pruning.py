@@ -411,13 +411,14 @@ def _structured(
         if _selected(names[attn], include, exclude):
             heads_removed += _prune_heads(attn, amount)
 
-    if attention:
+    groups = [p for p in _width_groups(model) if _selected(p.name, include, exclude)]
+    groups = [p for p in groups if linears[-1] not in p.producers]
+    if attention or (_from_transformers(model) and groups):
         # Transformers: the dependency tracer cannot follow rotary embeddings and token concatenation,
         # so the hidden widths of the MLP blocks (fc1->fc2, SwiGLU gate/up->down, projector) are
         # pruned as explicit producer/consumer groups; residual-stream widths stay.
-        pairs = [p for p in _width_groups(model) if _selected(p.name, include, exclude)]
-        pairs = [p for p in pairs if linears[-1] not in p.producers]
-        pruned = _prune_width_groups(pairs, amount, scope)
+        # A Hugging Face model's attention (query/key/value, fused or grouped heads) is left whole.
+        pruned = _prune_width_groups(groups, amount, scope)
         params_after = _count_params(model)
         if params_after >= params_before:
             raise InvalidArgumentError(
@@ -497,9 +498,22 @@ class _WidthGroup:
         return self.producers[0].out_features
 
 
+def _from_transformers(model: nn.Module) -> bool:
+    return any(type(m).__module__.startswith("transformers.") for m in model.modules())
+
+
 def _width_groups(model: nn.Module) -> list[_WidthGroup]:
     groups: list[_WidthGroup] = []
     for name, m in model.named_modules():
+        # BERT / ViT style blocks: intermediate.dense widens, output.dense narrows back.
+        inner = getattr(getattr(m, "intermediate", None), "dense", None)
+        outer = getattr(getattr(m, "output", None), "dense", None)
+        if (
+            isinstance(inner, nn.Linear)
+            and isinstance(outer, nn.Linear)
+            and inner.out_features == outer.in_features
+        ):
+            groups.append(_WidthGroup(f"{name}.intermediate", [inner], [outer]))
         lin = {a: getattr(m, a, None) for a in ("fc1", "fc2", "fc3", "gate_proj", "up_proj", "down_proj")}
         lin = {a: v for a, v in lin.items() if isinstance(v, nn.Linear)}
         if {"gate_proj", "up_proj", "down_proj"} <= lin.keys():

@@ -251,3 +251,24 @@ def test_magnitude_large_model_path_masks_in_place(monkeypatch: pytest.MonkeyPat
         if scope == "per_layer":
             assert all(s >= 0.49 for s in pruned.recipe[-1]["result"]["layer_sparsity"].values())
     assert sparsity_of(handle) < 0.01
+
+
+@pytest.mark.parametrize("name", ["bert", "llama", "vit"])
+def test_structured_on_hugging_face_directories_keeps_attention_whole(name: str, tmp_path: Path) -> None:
+    """A transformers model loaded from its directory: MLP widths shrink, attention stays, it still runs."""
+    import transformers
+
+    from evals.zoo import build
+    from tools.loading import load_model
+
+    zoo = build(name)
+    getattr(transformers, zoo.hf_class)(zoo.config).save_pretrained(tmp_path)
+    handle = load_model(tmp_path)
+    before = _params(handle)
+    pruned = prune(handle, method="structured", amount=0.5)
+    result = pruned.recipe[-1]["result"]
+    assert result["engine"] == "width_groups" and result["heads_removed"] == 0
+    assert _params(pruned) < before and _params(handle) == before
+    inputs = synthesize_inputs(handle.inputs, 2, seed=0)
+    original, smaller = forward(handle, inputs), forward(pruned, inputs)
+    assert original.shape == smaller.shape and np.isfinite(smaller).all()
