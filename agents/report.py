@@ -62,7 +62,7 @@ def build_report(state: dict[str, Any]) -> dict[str, Any]:
         if vid in front
     ]
     by_version = {t.get("version_id"): t for t in trials if t.get("version_id")}
-    rejected = [
+    missed = [
         {
             "version": vid,
             "trial": versions[vid].get("trial"),
@@ -111,7 +111,7 @@ def build_report(state: dict[str, Any]) -> dict[str, Any]:
         "selected": sel_m.model_dump(),
         "trials": trials,
         "pareto_set": pareto,
-        "rejected": rejected,
+        "rejected": missed,
         "selected_version": {
             "version": selected_id,
             "trial": selected.get("trial"),
