@@ -355,6 +355,10 @@ def _quantization_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
         last = mine[-1]
         if last.status == "failed" or last.status == "accepted":
             continue  # unavailable here, or accepted then rolled back by the user
+        if last.meets is False and _below_target(view, facts, method):
+            sized = _size_target_action(view, facts, method, mine, base)
+            if sized is not None:
+                return sized
         if last.meets is False and _mixed_fits(view, facts, method, mine):
             return _mixed_action(view, method, mine[0], base, "quantize_mixed")
         # A method that missed (and whose recovery missed, see `_recovery_step`) with no measured mix that
@@ -445,6 +449,15 @@ def _bit_escalation_step(view: PlannerView, facts: ProfileFacts) -> Action | Non
                 meta={"method": method},
             )
     return None
+
+
+def _below_target(view: PlannerView, facts: ProfileFacts, method: str) -> bool:
+    """Whether `method` everywhere would be smaller than the size target (so a mix of it with higher
+    precision can still reach it); 4-bit is, when the profile holds no byte counts to tell."""
+    ratio = expected_ratio(facts, method)
+    if ratio is None:
+        return _BITS.get(method, 16) <= 4
+    return _reaches(view, ratio)
 
 
 def _size_target_action(

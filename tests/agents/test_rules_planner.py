@@ -359,8 +359,15 @@ def test_onnx_model_that_int8_cannot_take_to_the_target_starts_with_4bit_and_fal
     first = decide(view)
     assert first.calls[0].arguments == {"method": "weight_only_int4"}
     h.trial(first, size=180_000, acc=0.91, accepted=False)
-    # The fallback is measured mixed precision, not a guess at the head: the tool keeps the costliest
-    # layer groups in 8 bits until the floor plus one standard error is retained.
+    # The fallbacks are measured, not a guess at the head. First the size target itself: each layer
+    # group's cost measured at 4 and 8 bits, the least costly mix that is 4x smaller.
+    sized = decide(h.view(TARGET_75, profile=TINY, runtime="onnx"))
+    assert sized.strategy == "quantize_size_target" and sized.base_version == "v0"
+    assert sized.calls[0].arguments == {"method": "weight_only_int4", "size_target": 0.25}
+    assert "knapsack" in sized.reasoning
+    h.trial(sized, size=250_000, acc=0.95, accepted=False)
+    # Then the accuracy target: the tool keeps the costliest layer groups in 8 bits until the floor plus one
+    # standard error is retained.
     mixed = decide(h.view(TARGET_75, profile=TINY, runtime="onnx"))
     assert mixed.strategy == "quantize_mixed"
     assert mixed.calls[0].arguments == {"method": "weight_only_int4", "accuracy_target": mixed_target(0.97)}
