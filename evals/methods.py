@@ -100,8 +100,8 @@ def apply_recipe(
             out = distill(out, handle, **args)
         else:
             raise ValueError(f"unknown step {step}")
-        if cache is not None and i < len(recipe) - 1:
-            cache[key] = out
+        if cache is not None and step["tool"] != "quantize":
+            cache[key] = out  # pruned and distilled models are reused under every quantization
     return out
 
 
@@ -204,7 +204,7 @@ RECOVERY_BUDGET: dict[str, dict[str, float]] = {
     "full": {"steps": 1500, "seconds": 30.0},
 }
 HALF_PRECISION = ("fp16", "bf16")
-SMALL_MODEL_PARAMS = 2_000_000  # as the rules planner: larger learning rates and batches below
+SMALL_MODEL_PARAMS = 500_000  # as the rules planner: larger learning rates and batches below
 
 
 def recovery_steps(suite: str, parameters: int) -> tuple[Step, dict[str, Any]]:
@@ -289,6 +289,7 @@ def run_oracle(
             continue
         trials += 1
         m = measure(handle, original, criteria)
+        log.info("oracle %s: %.1f s", label, time.perf_counter() - start)
         score = objective(criteria, baseline, m)
         ok = meets(criteria, baseline, m)
         point = {

@@ -78,10 +78,11 @@ RECOVERY_STEPS = 600
 RECOVERY_MAX_S = 60.0
 RECOVERY_MIN_S = 2.0  # less than this left: no recovery (it would not take)
 RECOVERY_SHARE = 0.25  # of the time left in the session, per recovery
-SMALL_MODEL_PARAMS = 2_000_000  # below: larger learning rates and batches train fast and stably
+# Below this many parameters (MLP policies, small CNNs) larger learning rates and batches train fast and
+# stably; above (transformers such as vla-mini) they overshoot.
+SMALL_MODEL_PARAMS = 500_000
 QAT_METHODS = ("dynamic_int8", "weight_only_int8", "weight_only_int4")
 MIXED_METHODS = ("dynamic_int8", "weight_only_int8", "weight_only_int4", "static_int8")
-RECOVERY_STRATEGIES = ("recover",)
 _LINEAR_KINDS = ("MatMul", "Gemm", "Linear")
 _EMBEDDING_KINDS = ("Gather", "Embedding")
 _CONV_KINDS = ("Conv", "Conv1d", "Conv2d", "Conv3d")
