@@ -259,6 +259,18 @@ def oracle_recipes(criteria: Criteria, *, suite: str = "full", parameters: int =
         for p in [[], *recovered]:
             for q in QAT_GRID.get(suite, QAT_GRID["full"]):
                 out.append(p + [{**q, **qat}])
+        # Mixed precision under the size target (per-layer costs measured, a knapsack over them).
+        size = round(1.0 - criteria.size_target_percent / 100.0, 4)
+        out.append(
+            [
+                {
+                    "tool": "quantize",
+                    "method": "weight_only_int4",
+                    "backend": "onnxruntime",
+                    "size_target": size,
+                }
+            ]
+        )
     return out
 
 

@@ -82,6 +82,7 @@ RECOVERY_SHARE = 0.25  # of the time left in the session, per recovery
 # stably; above (transformers such as vla-mini) they overshoot.
 SMALL_MODEL_PARAMS = 500_000
 QAT_METHODS = ("dynamic_int8", "weight_only_int8", "weight_only_int4")
+QAT_MAX_GAP = 0.15  # below the floor by more than this, a quantization is not worth training for
 MIXED_METHODS = ("dynamic_int8", "weight_only_int8", "weight_only_int4", "static_int8")
 _LINEAR_KINDS = ("MatMul", "Gemm", "Linear")
 _EMBEDDING_KINDS = ("Gather", "Embedding")
@@ -890,7 +891,7 @@ def qat_arguments(view: PlannerView) -> dict[str, Any] | None:
     }
 
 
-def with_recovery(calls: list[ToolCall], view: PlannerView) -> list[ToolCall] | None:
+def with_recovery(calls: list[ToolCall], view: PlannerView, *, qat: bool = True) -> list[ToolCall] | None:
     """`calls` with recovery where it applies: distill right after structured pruning (magnitude pruning's
     zeros would not survive training), quantization-aware training of an int8 / 4-bit quantization of a
     torch model. None when nothing changes (no step to recover, or no time for it)."""
@@ -906,7 +907,8 @@ def with_recovery(calls: list[ToolCall], view: PlannerView) -> list[ToolCall] | 
                 out.append(ToolCall(tool="distill", arguments=d))
                 changed = True
         elif (
-            call.tool == "quantize"
+            qat
+            and call.tool == "quantize"
             and view.runtime != "onnx"
             and args.get("method") in QAT_METHODS
             and args.get("recovery", "none") == "none"
@@ -934,7 +936,9 @@ def _recovery_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
         return None
     if _retained(last) + 1e-9 >= view.criteria.accuracy_floor:
         return None  # it missed the latency target, not the floor: training will not make it faster
-    calls = with_recovery(last.calls, view)
+    # Quantization-aware training moves weights within their grid: it closes small gaps (a few points),
+    # not a quantization that loses a third of the accuracy (measured mixed precision is next for those).
+    calls = with_recovery(last.calls, view, qat=view.criteria.accuracy_floor - _retained(last) <= QAT_MAX_GAP)
     if calls is None:
         return None
     how = sorted({"distillation" if c.tool == "distill" else "quantization-aware training"

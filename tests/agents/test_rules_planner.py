@@ -411,3 +411,12 @@ def test_mixed_fallback_is_skipped_when_it_does_not_fit_the_time_budget() -> Non
         nxt.strategy == "quantize" and nxt.calls[0].arguments["method"] != first.calls[0].arguments["method"]
     )
     assert "accuracy_target" not in nxt.calls[0].arguments
+
+
+def test_a_quantization_far_below_the_floor_goes_to_measured_mixed_precision_not_training() -> None:
+    h = History()
+    criteria = Criteria(max_size_reduction_percent=50, target_accuracy_threshold=0.95)
+    first = decide(h.view(criteria))
+    h.trial(first, size=270_000, acc=0.60, accepted=False)  # a third lost: QAT would not close that
+    nxt = decide(h.view(criteria))
+    assert nxt.strategy == "quantize_mixed" and "recovery" not in nxt.calls[0].arguments
