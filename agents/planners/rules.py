@@ -423,7 +423,7 @@ def _bit_escalation_step(view: PlannerView, facts: ProfileFacts) -> Action | Non
     base = _float_base(view)
     on_base = _trials_on(view, base, "quantize")
     tried_methods = {str((_quant_call(t) or ToolCall(tool="")).arguments.get("method")) for t in on_base}
-    prune_calls = [c for c in rec.recipe if c.tool == "prune"]
+    prune_calls = [c for c in rec.recipe if c.tool in ("prune", "distill")]  # the float lineage, recovered
     for method, _why in ranked_quant_methods(view, facts):
         mine = [
             t
@@ -744,7 +744,7 @@ def _requant_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
     if sum(t.strategy == "requantize_for_speed" for t in view.trials) >= MAX_REQUANT_TRIALS:
         return None
     current = str(quant[-1].arguments.get("method"))
-    prune_calls = [c for c in rec.recipe if c.tool == "prune"]
+    prune_calls = [c for c in rec.recipe if c.tool in ("prune", "distill")]  # the float lineage, recovered
     tried = {_calls_key(t.calls) for t in view.trials}
     # A method that could not run here, or broke the floor on its own, will not do better now.
     hopeless = {
