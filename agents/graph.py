@@ -221,6 +221,7 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
             model_description=state.get("model", {}).get("description", ""),
             runtime=state.get("model", {}).get("runtime", "torch"),
             method_choices=ctx.method_choices,
+            elapsed_s=time.time() - float(state.get("started_at", time.time())),
         )
         try:
             action = await ctx.planner.next_action(view)
@@ -305,6 +306,7 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
             message = f"the candidate could not be saved: {_error_text(err)}"[:1000]
             return await failed(message, type(err).__name__, "save")
         steps = handle.recipe[-len(action.calls) :] if handle.recipe else []
+        calls = pinned_calls(action.calls, steps)
         ctx.workspace.remember(vid, handle, keep={state["current_version"], BASELINE_VERSION, base_id})
         await ctx.emit(
             "tool.result",
@@ -327,6 +329,7 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
                 "path": path,
                 "format": fmt,
                 "steps": _jsonable(steps),
+                "calls": [c.model_dump() for c in calls],
                 "duration_s": time.time() - started,
             }
         }
@@ -341,10 +344,12 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
         baseline = Measurement.model_validate(state["baseline"])
         current_id = state["current_version"]
         current = Measurement.model_validate(versions[current_id].measurement)
+        # The calls as they replay exactly: recovery steps cut by their clock, pinned to the steps they ran.
+        calls = [ToolCall.model_validate(c) for c in cand["calls"]] if cand.get("calls") else action.calls
         record = TrialRecord(
             number=n,
             base_version=cand.get("base", current_id),
-            calls=action.calls,
+            calls=calls,
             source=action.source,
             reasoning=action.reasoning,
             strategy=action.strategy,
@@ -360,7 +365,7 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
                 handle = await compute.run(
                     ctx.workspace.handle,
                     VersionRecord(
-                        id=cand["version_id"], parent=base_rec.id, recipe=[*base_rec.recipe, *action.calls]
+                        id=cand["version_id"], parent=base_rec.id, recipe=[*base_rec.recipe, *calls]
                     ),
                 )
                 m = await compute.run(measure, ctx, handle, criteria, state["device"])
@@ -402,7 +407,7 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
                 id=vid,
                 parent=base_rec.id,
                 trial=n,
-                recipe=[*base_rec.recipe, *action.calls],
+                recipe=[*base_rec.recipe, *calls],
                 artifact_path=cand.get("path"),
                 artifact_format=cand.get("format"),
                 measurement=m.model_dump(),
@@ -415,6 +420,9 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
             record.meets = ok
             record.decision = reason
             record.tool_metrics = {"steps": cand.get("steps", [])}
+            recovery = recovery_record(cand.get("steps", []), action.meta, m.accuracy_retained)
+            if recovery:
+                record.tool_metrics["recovery"] = recovery
             record.duration_s = float(cand.get("duration_s", 0.0))
             await ctx.emit(
                 "evaluation",
@@ -445,7 +453,7 @@ def build_graph(ctx: GraphContext, checkpointer: Any = None) -> Any:
             explanation, source = await ctx.critic.explain(
                 {
                     "trial": n,
-                    "calls": [c.model_dump() for c in action.calls],
+                    "calls": [c.model_dump() for c in calls],
                     "baseline": baseline.model_dump(),
                     "current": current.model_dump(),
                     "candidate": m.model_dump(),
@@ -650,6 +658,59 @@ def _profile_summary(profile: dict[str, Any]) -> dict[str, Any]:
     for key in ("quantizable_layers", "prunable_layers"):
         if key in profile:
             out[f"num_{key}"] = len(profile[key] or [])
+    return out
+
+
+def pinned_calls(calls: list[ToolCall], steps: list[dict[str, Any]]) -> list[ToolCall]:
+    """`calls` with each step's `result["replay"]` arguments merged in: a recovery its clock cut after N
+    steps is recorded as N steps and no clock, so replaying the version rebuilds what was measured."""
+    if len(steps) != len(calls):
+        return list(calls)
+    out = []
+    for call, step in zip(calls, steps, strict=True):
+        replay = (step.get("result") or {}).get("replay") if isinstance(step, dict) else None
+        out.append(ToolCall(tool=call.tool, arguments={**call.arguments, **replay}) if replay else call)
+    return out
+
+
+def recovery_record(steps: list[dict[str, Any]], meta: dict[str, Any], retained: float) -> dict[str, Any]:
+    """What a trial's recovery cost (seconds, steps) and gained (accuracy retained before and after it, as
+    the tools measured it against the original; and against the trial it recovers, when it recovers one)."""
+    parts = []
+    for step in steps:
+        result = step.get("result") or {}
+        info = result if step.get("tool") == "distill" else result.get("recovery")
+        if not info:
+            continue
+        parts.append(
+            {
+                "tool": step.get("tool"),
+                "how": "distillation" if step.get("tool") == "distill" else "quantization-aware training",
+                "seconds": info.get("seconds"),
+                "steps": info.get("steps_run"),
+                "stopped_by": info.get("stopped_by"),
+                "accuracy_retained_before": info.get("accuracy_retained_before"),
+                "accuracy_retained_after": info.get("accuracy_retained_after"),
+                "accuracy_gained": info.get("accuracy_gained"),
+            }
+        )
+    if not parts:
+        return {}
+    out: dict[str, Any] = {
+        "seconds": round(sum(float(p["seconds"] or 0.0) for p in parts), 3),
+        "steps": sum(int(p["steps"] or 0) for p in parts),
+        "steps_by_tool": parts,
+        # Each recovery step's gain as its tool measured it (against the original, on the session's data).
+        "accuracy_gained": round(sum(float(p["accuracy_gained"] or 0.0) for p in parts), 6),
+    }
+    if meta.get("recovers") is not None and meta.get("accuracy_before_recovery") is not None:
+        before = float(meta["accuracy_before_recovery"])
+        out.update(
+            recovers_trial=int(meta["recovers"]),
+            accuracy_retained_before=round(before, 6),
+            accuracy_retained_after=round(retained, 6),
+            gained_over_trial=round(retained - before, 6),
+        )
     return out
 
 

@@ -28,6 +28,7 @@ def build_report(state: dict[str, Any]) -> dict[str, Any]:
             "performance_improvements": None,
             "trials": state.get("trials", []),
             "pareto_set": [],
+            "rejected": [],
             "selected_version": None,
             "recipe": [],
         }
@@ -43,7 +44,10 @@ def build_report(state: dict[str, Any]) -> dict[str, Any]:
         for vid, v in versions.items()
         if v.get("measurement") is not None
     ]
-    front = pareto_front(measured)
+    # The Pareto set is drawn from the versions that met the criteria (the original always does): a
+    # candidate the gate turned down for accuracy is no trade-off on offer. Those are listed apart.
+    eligible = [(vid, m) for vid, m in measured if meets(criteria, baseline, m)]
+    front = pareto_front(eligible)
     pareto = [
         {
             "version": vid,
@@ -51,11 +55,26 @@ def build_report(state: dict[str, Any]) -> dict[str, Any]:
             "size_bytes": m.size_bytes,
             "latency_p50_ms": m.latency_p50_ms,
             "accuracy_retained": m.accuracy_retained,
-            "meets_criteria": meets(criteria, baseline, m),
+            "meets_criteria": True,
             "objective": objective(criteria, baseline, m),
         }
-        for vid, m in measured
+        for vid, m in eligible
         if vid in front
+    ]
+    by_version = {t.get("version_id"): t for t in trials if t.get("version_id")}
+    missed = [
+        {
+            "version": vid,
+            "trial": versions[vid].get("trial"),
+            "size_bytes": m.size_bytes,
+            "latency_p50_ms": m.latency_p50_ms,
+            "accuracy_retained": m.accuracy_retained,
+            "meets_criteria": False,
+            "objective": objective(criteria, baseline, m),
+            "reason": (by_version.get(vid) or {}).get("decision", ""),
+        }
+        for vid, m in measured
+        if not meets(criteria, baseline, m)
     ]
     accepted = sum(1 for t in trials if t.get("status") == "accepted")
     rejected = sum(1 for t in trials if t.get("status") == "rejected")
@@ -79,7 +98,8 @@ def build_report(state: dict[str, Any]) -> dict[str, Any]:
         "trials_failed": failed,
         "finish_reason": state.get("finish_reason", ""),
         "device": state.get("device"),
-        "techniques_used": sorted({_technique(c) for c in recipe}),
+        "techniques_used": sorted({t for c in recipe for t in _techniques(c)}),
+        "recovery": _recovery_totals(trials),
         "text": _summary_text(
             criteria, baseline, sel_m, selected_id, len(trials), state.get("finish_reason", "")
         ),
@@ -91,6 +111,7 @@ def build_report(state: dict[str, Any]) -> dict[str, Any]:
         "selected": sel_m.model_dump(),
         "trials": trials,
         "pareto_set": pareto,
+        "rejected": missed,
         "selected_version": {
             "version": selected_id,
             "trial": selected.get("trial"),
@@ -102,11 +123,31 @@ def build_report(state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _technique(call: dict[str, Any]) -> str:
+def _techniques(call: dict[str, Any]) -> list[str]:
+    arguments = call.get("arguments") or {}
     if call.get("tool") == "prune":
-        return "pruning"
-    method = (call.get("arguments") or {}).get("method")
-    return "half_precision" if method in ("fp16", "bf16") else "quantization"
+        return ["pruning"]
+    if call.get("tool") == "distill":
+        return ["distillation"]
+    method = arguments.get("method")
+    if method in ("fp16", "bf16"):
+        return ["half_precision"]
+    if arguments.get("recovery") == "qat":
+        return ["quantization", "quantization_aware_training"]
+    return ["quantization"]
+
+
+def _recovery_totals(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """What recovery (distillation, quantization-aware training) cost over the session, and where."""
+    recovered = [t for t in trials if (t.get("tool_metrics") or {}).get("recovery")]
+    return {
+        "trials": [t.get("number") for t in recovered],
+        "seconds": round(
+            sum(float(t["tool_metrics"]["recovery"].get("seconds") or 0.0) for t in recovered), 3
+        ),
+        "steps": sum(int(t["tool_metrics"]["recovery"].get("steps") or 0) for t in recovered),
+        "accepted": [t.get("number") for t in recovered if t.get("status") == "accepted"],
+    }
 
 
 def _summary_text(

@@ -25,6 +25,9 @@ from evals.report import CaseVerdict, ResultRow, plot, render_markdown, write_re
 
 log = logging.getLogger("evals")
 
+# The agent's session budget per suite (unless a case sets its own): what its recovery training may take
+# is a share of it (agents.planners.rules.recovery_seconds), so the smoke suite stays within its minutes.
+SUITE_TIME_BUDGET_S: dict[str, float] = {"tiny": 60.0, "smoke": 240.0, "full": 900.0}
 FINAL_ITERATIONS = 100
 FINAL_WARMUP = 10
 FINAL_ROUNDS = 3
@@ -125,7 +128,7 @@ def dominates(b: Measurement, a: Measurement) -> bool:
 
 def run_case(case: EvalCase, suite: str, setup: PlannerSetup, data_dir: Path) -> CaseResult:
     notes: list[str] = []
-    criteria = Criteria.model_validate(case.criteria)
+    criteria = Criteria.model_validate({"time_budget_s": SUITE_TIME_BUDGET_S.get(suite), **case.criteria})
     original = load_reference(case.reference, data_dir)
     meta = reference_meta(case.reference, data_dir)
     search_base = measure(original, original, criteria)
@@ -148,7 +151,7 @@ def run_case(case: EvalCase, suite: str, setup: PlannerSetup, data_dir: Path) ->
         log.info("[%s] %s", case.case, name)
         candidates.append(run_recipe(name, recipe, original, criteria, search_base))
     log.info("[%s] oracle grid", case.case)
-    oracle = run_oracle(original, criteria, search_base)
+    oracle = run_oracle(original, criteria, search_base, suite=suite)
     candidates.append(oracle)
 
     runnable = [c for c in candidates if c.handle is not None]
@@ -181,6 +184,7 @@ def run_case(case: EvalCase, suite: str, setup: PlannerSetup, data_dir: Path) ->
                     latency_speedup=None,
                     accuracy_retained=None,
                     task_success=None,
+                    task_success_retained=None,
                     trials=c.trials,
                     wall_s=round(c.wall_s, 2),
                 )
@@ -200,6 +204,7 @@ def run_case(case: EvalCase, suite: str, setup: PlannerSetup, data_dir: Path) ->
                 latency_speedup=round(speedup(base, m), 3),
                 accuracy_retained=round(m.accuracy_retained, 5),
                 task_success=round(ts["success_rate"], 4),
+                task_success_retained=_retained(ts["success_rate"], original_success["success_rate"]),
                 trials=c.trials,
                 wall_s=round(c.wall_s, 2),
             )
@@ -214,6 +219,11 @@ def run_case(case: EvalCase, suite: str, setup: PlannerSetup, data_dir: Path) ->
     verdict = _verdict(case.case, rows, final_by_method)
     agent_trials = next((c.grid for c in candidates if c.method.startswith("agent")), [])
     return CaseResult(case, rows, verdict, oracle.grid, base, search_base, agent_trials, notes)
+
+
+def _retained(success: float, original: float) -> float | None:
+    """Closed-loop success (or test accuracy) kept, as a fraction of the original's; None when it has none."""
+    return round(success / original, 4) if original > 0 else None
 
 
 def _verdict(case: str, rows: list[ResultRow], finals: dict[str, Measurement]) -> CaseVerdict | None:

@@ -1,8 +1,9 @@
 """What the harness compares on each case: the agent, fixed recipes, and the exhaustive grid (oracle).
 
-Every candidate is produced with the same tools the agent calls (`tools.quantization`, `tools.pruning`)
-and measured the way the agent's graph measures (`benchmark` at batch 1 with the criteria's warm-up
-and iteration counts, `evaluate` against the original), so the scores compare like with like.
+Every candidate is produced with the same tools the agent calls (`tools.quantization`, `tools.pruning`,
+`tools.distillation`) and measured the way the agent's graph measures (`benchmark` at batch 1 with the
+criteria's warm-up and iteration counts, `evaluate` against the original), so the scores compare like
+with like.
 """
 
 from __future__ import annotations
@@ -71,19 +72,36 @@ def measure(
     )
 
 
-def apply_recipe(handle: ModelHandle, recipe: list[Step], device: str) -> ModelHandle:
+def apply_recipe(
+    handle: ModelHandle,
+    recipe: list[Step],
+    device: str,
+    *,
+    cache: dict[str, ModelHandle] | None = None,
+) -> ModelHandle:
+    """`recipe` applied to `handle` (the original, which recovery steps learn from). With `cache`, the
+    results of recipe prefixes are kept and reused (a pruned and distilled model under every quantization)."""
+    from tools.distillation import distill
     from tools.pruning import prune
     from tools.quantization import quantize
 
     out = handle
-    for step in recipe:
+    for i, step in enumerate(recipe):
+        key = recipe_label(recipe[: i + 1]) + repr(recipe[: i + 1])
+        if cache is not None and key in cache:
+            out = cache[key]
+            continue
         args = {k: v for k, v in step.items() if k != "tool"}
         if step["tool"] == "quantize":
-            out = quantize(out, args.pop("method"), **args)
+            out = quantize(out, args.pop("method"), teacher=handle if args.get("recovery") else None, **args)
         elif step["tool"] == "prune":
             out = prune(out, args.pop("method"), args.pop("amount"), **args)
+        elif step["tool"] == "distill":
+            out = distill(out, handle, **args)
         else:
             raise ValueError(f"unknown step {step}")
+        if cache is not None and step["tool"] != "quantize":
+            cache[key] = out  # pruned and distilled models are reused under every quantization
     return out
 
 
@@ -92,8 +110,15 @@ def recipe_label(recipe: list[Step]) -> str:
     for s in recipe:
         if s["tool"] == "prune":
             parts.append(f"{s['method']}{int(round(100 * s['amount']))}")
+        elif s["tool"] == "distill":
+            parts.append("distill")
         else:
-            parts.append(str(s["method"]))
+            label = str(s["method"])
+            if s.get("recovery") == "qat":
+                label += "/qat"
+            if s.get("size_target") is not None:
+                label += f"@{s['size_target']:g}"
+            parts.append(label)
     return "+".join(parts) or "original"
 
 
@@ -138,34 +163,114 @@ def run_recipe(
 # the oracle: every combination of pruning (method x amount) and quantization the tools offer
 # ------------------------------------------------------------------------------------------------
 
-PRUNE_GRID: list[Step | None] = [
-    None,
-    {"tool": "prune", "method": "magnitude", "amount": 0.25},
-    {"tool": "prune", "method": "magnitude", "amount": 0.5},
-    {"tool": "prune", "method": "magnitude", "amount": 0.75},
-    {"tool": "prune", "method": "structured", "amount": 0.25},
-    {"tool": "prune", "method": "structured", "amount": 0.5},
+PRUNE_GRID: list[list[Step]] = [
+    [],
+    [{"tool": "prune", "method": "magnitude", "amount": 0.25}],
+    [{"tool": "prune", "method": "magnitude", "amount": 0.5}],
+    [{"tool": "prune", "method": "magnitude", "amount": 0.75}],
+    [{"tool": "prune", "method": "structured", "amount": 0.25}],
+    [{"tool": "prune", "method": "structured", "amount": 0.5}],
 ]
-QUANT_GRID: list[str | None] = [None, "dynamic_int8", "weight_only_int8", "static_int8", "fp16", "bf16"]
+# Structured pruning with recovery: distilled from the original (magnitude pruning's zeros would not
+# survive training). Which amounts each suite measures: the training is what costs.
+RECOVERED_AMOUNTS: dict[str, tuple[float, ...]] = {
+    "tiny": (0.5,),
+    "smoke": (0.25, 0.5),
+    "full": (0.25, 0.5, 0.75),
+}
+QUANT_GRID: list[Step | None] = [
+    None,
+    {"tool": "quantize", "method": "dynamic_int8"},
+    {"tool": "quantize", "method": "weight_only_int8"},
+    {"tool": "quantize", "method": "static_int8"},
+    {"tool": "quantize", "method": "fp16"},
+    {"tool": "quantize", "method": "bf16"},
+    {"tool": "quantize", "method": "weight_only_int4", "backend": "onnxruntime"},
+]
+# Quantization-aware training, on the unpruned and the distilled models (suite "full": every QAT method).
+QAT_GRID: dict[str, tuple[Step, ...]] = {
+    "tiny": ({"tool": "quantize", "method": "weight_only_int4", "backend": "onnxruntime"},),
+    "smoke": ({"tool": "quantize", "method": "weight_only_int4", "backend": "onnxruntime"},),
+    "full": (
+        {"tool": "quantize", "method": "dynamic_int8"},
+        {"tool": "quantize", "method": "weight_only_int4", "backend": "onnxruntime"},
+    ),
+}
+# Recovery budgets of the grid, per suite: steps, and seconds per training (a tiny MLP reaches its steps, a
+# transformer its seconds).
+RECOVERY_BUDGET: dict[str, dict[str, float]] = {
+    "tiny": {"steps": 600, "seconds": 3.0},
+    "smoke": {"steps": 600, "seconds": 6.0},
+    "full": {"steps": 1500, "seconds": 30.0},
+}
 HALF_PRECISION = ("fp16", "bf16")
+SMALL_MODEL_PARAMS = 500_000  # as the rules planner: larger learning rates and batches below
 
 
-def oracle_recipes(criteria: Criteria) -> list[list[Step]]:
-    """Grid points the criteria allow: pruning first (it needs float weights), then quantization."""
+def recovery_steps(suite: str, parameters: int) -> tuple[Step, dict[str, Any]]:
+    """(the distill step, the QAT arguments) of the grid for this suite and model size."""
+    budget = RECOVERY_BUDGET.get(suite, RECOVERY_BUDGET["full"])
+    small = 0 < parameters <= SMALL_MODEL_PARAMS
+    distill: Step = {
+        "tool": "distill",
+        "steps": int(budget["steps"]),
+        "time_budget_s": budget["seconds"],
+        "learning_rate": 3e-3 if small else 5e-4,  # the grid prunes 25% and more (see the rules planner)
+        "batch_size": 256 if small else 32,
+    }
+    qat = {
+        "recovery": "qat",
+        "recovery_steps": int(budget["steps"]),
+        "recovery_time_s": budget["seconds"],
+        "recovery_learning_rate": 1e-3 if small else 1e-4,
+    }
+    return distill, qat
+
+
+def _allowed(step: Step | None, allowed: set[str]) -> bool:
+    if step is None:
+        return True
+    if step["tool"] == "prune":
+        return "pruning" in allowed
+    if step["method"] in HALF_PRECISION:
+        return bool({"quantization", "half_precision"} & allowed)
+    return "quantization" in allowed
+
+
+def oracle_recipes(criteria: Criteria, *, suite: str = "full", parameters: int = 0) -> list[list[Step]]:
+    """Grid points the criteria allow: pruning first (it needs float weights), recovery where it applies
+    (distillation after structured pruning, quantization-aware training), then quantization."""
     allowed = set(criteria.optimization_techniques)
+    distill, qat = recovery_steps(suite, parameters)
+    prunes = [p for p in PRUNE_GRID if all(_allowed(s, allowed) for s in p)]
+    recovered = [
+        [{"tool": "prune", "method": "structured", "amount": a}, distill]
+        for a in RECOVERED_AMOUNTS.get(suite, RECOVERED_AMOUNTS["full"])
+        if "pruning" in allowed
+    ]
+    quants = [q for q in QUANT_GRID if _allowed(q, allowed)]
     out = []
-    for p in PRUNE_GRID:
-        if p is not None and "pruning" not in allowed:
-            continue
-        for q in QUANT_GRID:
-            if q is not None:
-                if q in HALF_PRECISION and not ({"quantization", "half_precision"} & allowed):
-                    continue
-                if q not in HALF_PRECISION and "quantization" not in allowed:
-                    continue
-            recipe = ([p] if p else []) + ([{"tool": "quantize", "method": q}] if q else [])
+    for p in prunes + recovered:
+        for q in quants:
+            recipe = p + ([q] if q else [])
             if recipe:
                 out.append(recipe)
+    if "quantization" in allowed:
+        for p in [[], *recovered]:
+            for q in QAT_GRID.get(suite, QAT_GRID["full"]):
+                out.append(p + [{**q, **qat}])
+        # Mixed precision under the size target (per-layer costs measured, a knapsack over them).
+        size = round(1.0 - criteria.size_target_percent / 100.0, 4)
+        out.append(
+            [
+                {
+                    "tool": "quantize",
+                    "method": "weight_only_int4",
+                    "backend": "onnxruntime",
+                    "size_target": size,
+                }
+            ]
+        )
     return out
 
 
@@ -174,6 +279,7 @@ def run_oracle(
     criteria: Criteria,
     baseline: Measurement,
     *,
+    suite: str = "full",
     on_point: Callable[[dict[str, Any]], None] | None = None,
 ) -> Candidate:
     """Measure every grid point; the oracle is the best score among those that meet the criteria."""
@@ -182,15 +288,20 @@ def run_oracle(
     best: Candidate | None = None
     grid: list[dict[str, Any]] = []
     trials = 0
-    for recipe in oracle_recipes(criteria):
+    from tools.profile import inspect_model
+
+    parameters = int(inspect_model(original).total_parameters or 0)
+    cache: dict[str, ModelHandle] = {}
+    for recipe in oracle_recipes(criteria, suite=suite, parameters=parameters):
         label = recipe_label(recipe)
         try:
-            handle = apply_recipe(original, recipe, device)
+            handle = apply_recipe(original, recipe, device, cache=cache)
         except ToolError as err:
             grid.append({"recipe": label, "error": str(getattr(err, "message", err))[:200]})
             continue
         trials += 1
         m = measure(handle, original, criteria)
+        log.info("oracle %s: %.1f s", label, time.perf_counter() - start)
         score = objective(criteria, baseline, m)
         ok = meets(criteria, baseline, m)
         point = {
@@ -276,8 +387,17 @@ def _agent_recipe_label(recipe: list[Step]) -> str:
         if s["tool"] == "prune":
             extra = "" if s.get("scope", "global") == "global" else f"/{s['scope']}"
             parts.append(f"{s.get('method')}{int(round(100 * float(s.get('amount', 0))))}{extra}")
+        elif s["tool"] == "distill":
+            parts.append("distill")
         else:
-            parts.append(str(s.get("method")))
+            label = str(s.get("method"))
+            if s.get("recovery") == "qat":
+                label += "/qat"
+            if s.get("size_target") is not None:
+                label += f"@{s['size_target']:g}"
+            if s.get("accuracy_target") is not None:
+                label += "(mixed)"
+            parts.append(label)
         if s.get("include") or s.get("exclude"):
             parts[-1] += "(partial)"
     return "+".join(parts) or "original"

@@ -1,8 +1,9 @@
 """A local, scripted OpenAI-compatible chat-completions server, for producing and testing recordings.
 
 It is NOT a language model and its replies are not a real provider's: the planner script reads the
-session state the agent sends and answers with a fixed strategy (structured pruning at 25% if
-pruning is allowed, then dynamic int8 if quantization is allowed, then finish); the critic gets a
+session state the agent sends and answers with a fixed strategy (structured pruning at 25% followed by
+distillation in the same trial if pruning is allowed, then dynamic int8 if quantization is allowed, then
+finish); the critic gets a
 fixed sentence and the goal interpreter an empty JSON object. Recordings made against it say so in
 their `_meta.provenance`.
 """
@@ -37,17 +38,19 @@ def planner_reply(messages: list[dict[str, Any]]) -> tuple[str, list[dict[str, A
     allowed = set(state.get("criteria", {}).get("allowed_techniques", []))
     offered = state.get("methods_offered", {})
     done = {json.dumps(c, sort_keys=True) for t in state.get("trials", []) for c in t.get("calls", [])}
-    script = []
+    script: list[list[tuple[str, dict[str, Any]]]] = []
     if "pruning" in allowed and "structured" in offered.get("prune", ["structured"]):
-        script.append(("prune", {"method": "structured", "amount": 0.25}))
+        distill = {"steps": 200, "time_budget_s": 5.0}
+        script.append([("prune", {"method": "structured", "amount": 0.25}), ("distill", distill)])
     if "quantization" in allowed and "dynamic_int8" in offered.get("quantize", ["dynamic_int8"]):
-        script.append(("quantize", {"method": "dynamic_int8"}))
-    for tool, args in script:
+        script.append([("quantize", {"method": "dynamic_int8"})])
+    for calls in script:
+        tool, args = calls[0]
         if json.dumps({"tool": tool, "arguments": args}, sort_keys=True) not in done and not any(
             json.loads(d).get("tool") == tool for d in done
         ):
-            text = f"Scripted mock planner: next fixed step is {tool} {args}."
-            return text, [{"name": tool, "arguments": json.dumps(args)}]
+            text = f"Scripted mock planner: next fixed step is {' then '.join(f'{t} {a}' for t, a in calls)}."
+            return text, [{"name": t, "arguments": json.dumps(a)} for t, a in calls]
     return "Scripted mock planner: the fixed script is done.", [
         {"name": "finish", "arguments": json.dumps({"reason": "fixed script finished"})}
     ]

@@ -18,6 +18,7 @@ ROW_FIELDS = (
     "latency_speedup",
     "accuracy_retained",
     "task_success",
+    "task_success_retained",
     "trials",
     "wall_s",
 )
@@ -32,6 +33,7 @@ class ResultRow(BaseModel):
     latency_speedup: float | None
     accuracy_retained: float | None
     task_success: float | None  # closed-loop success rate (policies) or test accuracy (digits)
+    task_success_retained: float | None = None  # task_success / the original's (None when it has none)
     trials: int
     wall_s: float
 
@@ -89,15 +91,15 @@ def render_markdown(
         f"{context.get('device_name', 'this machine')}.",
         "",
         "| case | method | criteria met | score | size -% | speedup | acc. retained | task success "
-        "| trials | wall s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| success kept | trials | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.case} | {r.method} | {_fmt(r.criteria_met)} | {_fmt(r.score)} | "
             f"{_fmt(r.size_reduction_percent, '.1f')} | {_fmt(r.latency_speedup, '.2f')} | "
-            f"{_fmt(r.accuracy_retained, '.4f')} | {_fmt(r.task_success, '.3f')} | {r.trials} | "
-            f"{_fmt(r.wall_s, '.1f')} |"
+            f"{_fmt(r.accuracy_retained, '.4f')} | {_fmt(r.task_success, '.3f')} | "
+            f"{_fmt(r.task_success_retained, '.3f')} | {r.trials} | {_fmt(r.wall_s, '.1f')} |"
         )
     lines += [
         "",
@@ -115,6 +117,26 @@ def render_markdown(
             f"| {v.case} | {_fmt(v.agent_meets)} | {', '.join(v.dominated_by) or 'none'} | "
             f"{_fmt(v.score_ratio, '.3f')} | {_fmt(v.trial_ratio, '.3f')} | {_fmt(v.passed)} |"
         )
+    lines += [
+        "",
+        "## Small-policy target (issue 11)",
+        "",
+        f"The agent's pick at least {TARGET_SPEEDUP:g}x faster (p50, batch 1), at least "
+        f"{TARGET_SMALLER:g}x smaller on disk, keeping at least {TARGET_KEPT:.0%} of the original's task "
+        "success (closed-loop success over the suite's seeds; test accuracy for digits-cnn). A miss says by "
+        "how much.",
+        "",
+        "| case | speedup | x smaller | success kept | pass |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if not r.method.startswith("agent"):
+            continue
+        checks = target_checks(r)
+        lines.append(
+            f"| {r.case} | {checks['speedup']} | {checks['smaller']} | {checks['kept']} | "
+            f"{_fmt(checks['pass'])} |"
+        )
     if any(notes.values()):
         lines += ["", "## Notes", ""]
         for case, items in notes.items():
@@ -125,6 +147,30 @@ def render_markdown(
         for k, v in context.items():
             lines.append(f"- {k}: {v}")
     return "\n".join(lines) + "\n"
+
+
+TARGET_SPEEDUP = 2.0
+TARGET_SMALLER = 4.0
+TARGET_KEPT = 0.99
+
+
+def target_checks(row: ResultRow) -> dict[str, Any]:
+    """The small-policy target's three checks on one row, each as text with the miss's size."""
+
+    def check(value: float | None, goal: float, fmt: str) -> tuple[str, bool]:
+        if value is None:
+            return "-", False
+        ok = value >= goal - 1e-9
+        text = format(value, fmt)
+        return (text if ok else f"{text} (misses by {format(goal - value, fmt)})"), ok
+
+    smaller = None
+    if row.size_reduction_percent is not None and row.size_reduction_percent < 100:
+        smaller = 1.0 / max(1e-9, 1.0 - row.size_reduction_percent / 100.0)
+    speed, a = check(row.latency_speedup, TARGET_SPEEDUP, ".2f")
+    size, b = check(smaller, TARGET_SMALLER, ".2f")
+    kept, c = check(row.task_success_retained, TARGET_KEPT, ".3f")
+    return {"speedup": speed, "smaller": size, "kept": kept, "pass": a and b and c}
 
 
 def plot(

@@ -11,7 +11,9 @@ original model the teacher, and the student is trained to reproduce the teacher'
   are the teacher's outputs, so nothing of the evaluation targets leaks into training. With
   `augment`, half of every batch are augmented copies (Gaussian noise scaled per feature on float
   inputs, up to one pixel of shift on images, a tenth of the ids resampled within their range), which
-  the teacher labels as they are drawn: a policy also meets states its evaluation data lacks.
+  the teacher labels as they are drawn: a policy also meets states its evaluation data lacks. With
+  synthesized inputs, every step draws fresh ones (the teacher labels anything), and the synthesized set
+  is only held out.
   A fifth of the samples (at most 512) is held out; the weights kept are those of the checkpoint (every
   25 steps, and the start) with the lowest held-out loss, so the result is never worse on it than the
   candidate that came in.
@@ -21,8 +23,9 @@ original model the teacher, and the student is trained to reproduce the teacher'
   removing the teacher's mean (the centered cosine `evaluate` scores them with). Integer outputs are
   not differentiable and are left out. `loss` forces one of them for every float output.
 - Budget: at most `steps` steps and `time_budget_s` seconds (checked before each step). The learning
-  rate halves every 200 steps whatever the budget, so a run cut by time is the same run as one asked
-  for that many steps: the step's `result["replay"]` gives the arguments that rebuild it exactly.
+  rate warms up over 20 steps and halves every 200 whatever the budget, so a run cut by time is the same
+  run as one asked for that many steps: the step's `result["replay"]` gives the arguments that rebuild
+  it exactly.
 - Deterministic under `seed` (batches, augmentation), on the CPU or a CUDA device.
 - Formats: eager modules (state dicts of registered architectures), `.pt2` graphs (their module) and
   TorchScript (converted to a module tree by `tools.graph_modules.module_tree`, as the other torch
@@ -64,6 +67,7 @@ from tools.runtime import (
 )
 
 LR_HALF_LIFE = 200  # steps
+WARMUP_STEPS = 20
 CHECK_EVERY = 25  # steps between held-out checkpoints
 VAL_FRACTION = 0.2
 MAX_VAL_SAMPLES = 512
@@ -147,7 +151,9 @@ def distill(
     check_pair(candidate, teacher)
     data, source = distillation_data(candidate, teacher, data, args.num_samples, args.seed)
     student, how = trainable_copy(candidate)
-    report = fit_to_teacher(student, candidate, teacher, data, args, device=device)
+    report = fit_to_teacher(
+        student, candidate, teacher, data, args, device=device, synthesize=source == "synthesized"
+    )
     step: dict[str, Any] = {"tool": "distill", **args.model_dump()}
     result: dict[str, Any] = {"data_source": source, **report.summary()}
     if how:
@@ -275,11 +281,14 @@ def fit_to_teacher(
     args: DistillArgs,
     *,
     device: str | None = None,
+    synthesize: bool = False,
 ) -> TrainingReport:
     """Train `student` (in place) to reproduce `teacher` on `data`, within the budget of `args`.
 
     `template` is the handle `student` was copied from (its input signature says how to feed it). The
     best held-out checkpoint is loaded back before returning; the student ends on the template's device.
+    `synthesize` (the data was synthesized from the signature): training batches are drawn fresh from the
+    signature at every step and `data` is the held-out set.
     """
     train_device = _device(device or template.device)
     home = template.device
@@ -292,8 +301,10 @@ def fit_to_teacher(
         n = data.num_samples
         order = rng.permutation(n)
         n_val = min(MAX_VAL_SAMPLES, int(n * VAL_FRACTION)) if n >= MIN_SAMPLES_FOR_HOLDOUT else 0
+        if synthesize:
+            n_val = n  # training draws its own inputs: all of `data` is held out
         val_idx = np.sort(order[:n_val]) if n_val else np.arange(n)
-        train_idx = np.sort(order[n_val:]) if n_val else np.arange(n)
+        train_idx = np.sort(order[n_val:]) if n_val and not synthesize else np.arange(n)
         inputs = data.inputs
         teacher_all = _teacher_outputs(teacher, inputs, n, args.batch_size)
         outputs = _plan_outputs(runner, teacher, data, teacher_all, args, train_device)
@@ -302,9 +313,19 @@ def fit_to_teacher(
         optimizer = torch.optim.Adam(params, lr=args.learning_rate)
         gen = torch.Generator().manual_seed(args.seed)
 
-        def batch_loss(idx: np.ndarray, *, augmented: np.ndarray | None) -> torch.Tensor:
-            batch = slice_indices(inputs, idx)
-            targets = {o.name: teacher_all[o.name][idx] for o in outputs}
+        def batch_loss(
+            idx: np.ndarray, *, augmented: np.ndarray | None, step: int | None = None
+        ) -> torch.Tensor:
+            if synthesize and step is not None:
+                # No data of its own: every step draws fresh inputs, which the teacher labels (a fixed
+                # synthesized set is memorized: its held-out loss rose while the training loss fell).
+                batch = synthesize_inputs(template.inputs, len(idx), seed=args.seed * 1_000_003 + step + 1)
+                fresh_out = forward_all(teacher, batch)
+                targets = {o.name: fresh_out[_teacher_key(fresh_out, o.name)] for o in outputs}
+                augmented = None
+            else:
+                batch = slice_indices(inputs, idx)
+                targets = {o.name: teacher_all[o.name][idx] for o in outputs}
             if augmented is not None and augmented.any():
                 rows = np.flatnonzero(augmented)
                 changed = augment_inputs(slice_indices(batch, rows), template.inputs, stats, rng, args.noise)
@@ -347,8 +368,11 @@ def fit_to_teacher(
             idx = train_idx[pick.numpy()]
             augmented = rng.random(len(idx)) < 0.5 if args.augment else None
             for group in optimizer.param_groups:
-                group["lr"] = args.learning_rate * 0.5 ** (step / LR_HALF_LIFE)
-            value = batch_loss(idx, augmented=augmented)
+                # A short warm-up: Adam's first steps move every weight by about the learning rate, which
+                # throws a wide student far from its teacher before the moments settle.
+                warm = min(1.0, (step + 1) / WARMUP_STEPS)
+                group["lr"] = args.learning_rate * warm * 0.5 ** (step / LR_HALF_LIFE)
+            value = batch_loss(idx, augmented=augmented, step=step)
             if not value.requires_grad:
                 raise InvalidArgumentError(
                     "none of the candidate's trainable weights affect its outputs (its layers are quantized "

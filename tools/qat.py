@@ -123,7 +123,7 @@ def quantize_aware(
             f"no Linear layer to train for {method} matches include={include} exclude={exclude}"
         )
     described = _prepare(student, names, method, path, block_size)
-    report = fit_to_teacher(student, handle, teacher, data, args)
+    report = fit_to_teacher(student, handle, teacher, data, args, synthesize=source == "synthesized")
     _convert(student)
 
     trained = quantize(handle.clone(model=student), method, **options)
@@ -207,11 +207,29 @@ class PerTensorFakeQuantize(torch.nn.Module):
         return f"[{self.qmin}, {self.qmax}], {'symmetric' if self.symmetric else 'asymmetric'}"
 
 
+class RowsFakeQuantize(torch.nn.Module):
+    """torchao's per-group fake quantizer on activations of any rank: the group quantizer takes a matrix,
+    so [batch, tokens, features] is quantized as [batch * tokens, features] (each token's blocks, as
+    MatMulNBits quantizes each row's)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        from torchao.quantization.qat import IntxFakeQuantizer
+
+        self.inner = IntxFakeQuantizer(config)
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2:
+            return self.inner(x)
+        return self.inner(x.reshape(-1, x.shape[-1])).reshape(x.shape)
+
+
 def _fake_quantizers(
     method: str, path: str, in_features: int, block_size: int | None
 ) -> tuple[Any, Any, str]:
     """(activation, weight) fake quantization for one Linear layer, each a torchao IntxFakeQuantizeConfig, a
-    PerTensorFakeQuantize, or None; and what they imitate."""
+    module (PerTensorFakeQuantize, RowsFakeQuantize), or None; and what they imitate."""
     from torchao.quantization.qat import IntxFakeQuantizeConfig
 
     if method == "weight_only_int8":
@@ -246,7 +264,7 @@ def _fake_quantizers(
             weight = IntxFakeQuantizeConfig(torch.int4, "per_channel", is_symmetric=True)
             return None, weight, f"4-bit per channel (input width {in_features} is not a multiple of {block})"
         weight = IntxFakeQuantizeConfig(torch.int4, group_size=block, is_symmetric=True)
-        act = IntxFakeQuantizeConfig(torch.int8, group_size=block, is_symmetric=True)
+        act = RowsFakeQuantize(IntxFakeQuantizeConfig(torch.int8, group_size=block, is_symmetric=True))
         return act, weight, f"4-bit blocks of {block}; activations int8 blocks (MatMulNBits accuracy level 4)"
     group = TORCHAO_INT4_GROUP
     weight = IntxFakeQuantizeConfig(torch.int4, group_size=group, is_symmetric=False)
@@ -277,7 +295,7 @@ def _prepare(
         fake = model.get_submodule(name)
         if isinstance(weight, PerTensorFakeQuantize):
             fake.weight_fake_quantizer = weight
-        if isinstance(act, PerTensorFakeQuantize):
+        if isinstance(act, (PerTensorFakeQuantize, RowsFakeQuantize)):
             fake.activation_fake_quantizer = act
         described[name] = text
     return described

@@ -33,6 +33,7 @@ class PlannerView:
     model_description: str = ""
     runtime: str = "torch"
     method_choices: dict[str, list[str]] = field(default_factory=dict)  # tool -> methods it offers
+    elapsed_s: float = 0.0  # wall-clock seconds since the session started (the time budget's clock)
 
     @property
     def current_record(self) -> VersionRecord:

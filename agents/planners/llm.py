@@ -78,7 +78,7 @@ class LLMPlanner:
     def _action(self, reply: LLMReply, view: PlannerView) -> Action:
         reasoning = (reply.content or "").strip()
         if not reply.tool_calls:
-            raise InvalidCall("the reply called no tool; call quantize, prune or finish")
+            raise InvalidCall("the reply called no tool; call quantize, prune, distill or finish")
         calls: list[ToolCall] = []
         for tc in reply.tool_calls:
             if tc.name == "finish":
@@ -163,6 +163,7 @@ def context_message(view: PlannerView) -> str:
                 "size_bytes": m.get("size_bytes"),
                 "latency_p50_ms": m.get("latency_p50_ms"),
                 "accuracy_retained": m.get("accuracy_retained"),
+                "recovery": (t.tool_metrics or {}).get("recovery"),
             }
         )
     data = {
@@ -192,6 +193,7 @@ def context_message(view: PlannerView) -> str:
         "current_recipe": [c.model_dump() for c in view.current_record.recipe],
         "trials": trials,
         "trials_left": view.trials_left,
+        "time_left_s": round(max(0.0, (view.criteria.time_budget_s or 900.0) - view.elapsed_s), 1),
         "user_constraints": view.instructions.model_dump(exclude={"notes"}),
     }
     parts = [

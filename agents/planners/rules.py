@@ -3,6 +3,12 @@
 Order of play (each step is re-derived from the trial history, so a resumed session continues
 where it stopped):
 
+0. Recovery first: when the last candidate missed the accuracy floor and the session's time budget
+   leaves room, the same calls again with recovery (`recover`): `distill` from the original right after
+   structured pruning, quantization-aware training (`recovery="qat"`) for int8 / 4-bit quantization of a
+   torch model. Each recovery gets at most a quarter of the time left, a quarter of the budget's share
+   per trial and `RECOVERY_MAX_S` (5 s), its steps capped at `RECOVERY_STEPS`; the trial records what it
+   cost and gained.
 1. Quantize, cheapest high-yield method first for this model and device (dynamic int8 for a
    Linear-heavy model on a CPU; fp16/bf16 then int8/int4 weight-only on a GPU; 4-bit first when
    the user asked for it). ONNX models (and 4-bit for torch models on a CPU, through ONNX Runtime)
@@ -11,22 +17,24 @@ where it stopped):
    (per-channel int8 with the embedding tables, then static int8, then 4-bit blocks), then the rest
    by expected size; fp16 comes last on a CPU (it only halves the size and runs no faster), and a
    method that has nothing to shrink in this model (4-bit on a convolutional network) is never
-   proposed. When a method costs too much accuracy, fall back per layer: on ONNX Runtime, with
+   proposed. When a method (and its recovery) still costs too much accuracy, the per-layer fallback is
    mixed precision chosen by measured sensitivity (the tool keeps the layers that cost the most
-   accuracy per byte at higher precision until the floor is met), when the time budget allows
-   it; otherwise keep the most sensitive layer by position (the output head, then the input
-   layer, then the smallest) in floating point and retry, up to `MAX_FALLBACKS` times, before
-   moving to the next method.
-2. When the size target is still not reached and pruning is allowed: bisection on the pruning
-   amount against the accuracy floor, starting at the amount the size target needs; each
-   candidate prunes the last floating-point version and re-applies the accepted quantization.
-   When even the smallest amount fails, the most sensitive layer is excluded and the search
-   restarts once.
+   accuracy per byte at higher precision until the floor is met), on torch and ONNX Runtime alike, when
+   the time budget allows it; no layer is kept in float by guess.
+2. When the size target is still not reached: a lower-bit method on the float base; when it misses the
+   floor (after recovery), the same method under the size target itself (`size_target`: per-layer
+   precision from measured costs, a knapsack at the least cost that fits), then mixed precision under
+   the accuracy target. Then, when pruning is allowed: bisection on the structured pruning amount
+   against the accuracy floor with recovery in the loop (each candidate prunes the last floating-point
+   version, distills it from the original, and re-applies the accepted quantization), starting at the
+   amount the size target needs. When even the smallest amount fails, the most sensitive layer is
+   excluded and the search restarts once.
 3. Once the size goal is reached (or nothing above helps), spend what is left of the budget on
    latency: re-quantize the same lineage with a method of no more bits that runs faster here
    (static int8 on ONNX Runtime kernels on a CPU; int4/int8 weight-only kernels on a GPU), then,
-   for presets that value speed, a search on structured pruning beyond the size target, where a
-   step counts only if the gate accepted it (it must raise the objective, not just keep the floor).
+   for presets that value speed, a search on structured pruning (distilled) beyond the size target,
+   where a step counts only if the gate accepted it (it must raise the objective, not just keep the
+   floor).
 4. Finish when nothing left is expected to help.
 """
 
@@ -41,7 +49,6 @@ from agents.planners.base import PlannerView, check_allowed, enforce_instruction
 from agents.profile_facts import ProfileFacts, profile_facts
 from agents.state import Action, ToolCall, TrialRecord
 
-MAX_FALLBACKS = 2
 MIN_AMOUNT_STEP = 0.04
 MIN_USEFUL_AMOUNT = 0.1  # below this, pruning saves too little to be worth a trial
 RESTART_AMOUNT = 0.3
@@ -67,6 +74,22 @@ REACH_SLACK = 0.005  # expected sizes this close to the target count as reaching
 ALTERNATIVE_SLACK = 0.1  # alternatives expected within this fraction of the float size of the current one
 EVAL_SAMPLES = 256  # what the gate evaluates on (tools.evaluation's default sample count)
 MIXED_MAX_GROUPS = 16  # tools.sensitivity.MAX_GROUPS
+# Recovery (distillation, quantization-aware training) per candidate.
+# Recovery is a candidate's extra cost, so it is kept to a few seconds: 200 steps train a small policy
+# most of the way back in about a second, and a transformer gets what 5 s allow (vla-mini pruned by a
+# quarter: 0.95 -> 0.99 of its action-token accuracy in 40 steps).
+RECOVERY_STEPS = 200
+RECOVERY_MAX_S = 5.0
+RECOVERY_MIN_S = 2.0  # less than this left: no recovery (it would not take)
+RECOVERY_SHARE = 0.25  # of the time left in the session, per recovery
+RECOVERY_MIN_SHARE = 0.25  # a distillation that closed less of its gap to the floor is not paid for again
+# Below this many parameters (MLP policies, small CNNs) larger learning rates and batches train fast and
+# stably; above (transformers such as vla-mini) they overshoot.
+SMALL_MODEL_PARAMS = 500_000
+QAT_METHODS = ("dynamic_int8", "weight_only_int8", "weight_only_int4")
+GENTLE_PRUNE_AMOUNT = 0.2  # pruned at most this much, a student is distilled with the smaller step
+QAT_MAX_GAP = 0.15  # below the floor by more than this, a quantization is not worth training for
+MIXED_METHODS = ("dynamic_int8", "weight_only_int8", "weight_only_int4", "static_int8")
 _LINEAR_KINDS = ("MatMul", "Gemm", "Linear")
 _EMBEDDING_KINDS = ("Gather", "Embedding")
 _CONV_KINDS = ("Conv", "Conv1d", "Conv2d", "Conv3d")
@@ -84,7 +107,7 @@ def decide(view: PlannerView) -> Action:
     if view.instructions.finish_requested:
         return _finish("The user asked to stop; reporting the best version so far.")
     if goal_reached(view.criteria, view.baseline, view.current):
-        action = _fresh(_speed_step(view, facts), view)
+        action = _fresh(_recovery_step(view, facts), view) or _fresh(_speed_step(view, facts), view)
         if action is not None:
             return action
         return _finish(
@@ -93,7 +116,15 @@ def decide(view: PlannerView) -> Action:
             f"{100 * view.current.accuracy_retained:.2f}% of the accuracy retained "
             f"(floor {100 * view.criteria.accuracy_floor:.1f}%), and no faster variant is left to try."
         )
-    for step in (_quantization_step, _bit_escalation_step, _alternative_step, _pruning_step, _speed_step):
+    steps = (
+        _recovery_step,
+        _quantization_step,
+        _bit_escalation_step,
+        _alternative_step,
+        _pruning_step,
+        _speed_step,
+    )
+    for step in steps:
         action = _fresh(step(view, facts), view)
         if action is not None:
             return action
@@ -307,18 +338,6 @@ def _quant_call(t: TrialRecord) -> ToolCall | None:
     return next((c for c in t.calls if c.tool == "quantize"), None)
 
 
-def _sensitivity_order(facts: ProfileFacts, skip: list[str]) -> list[str]:
-    """Layers most likely to cost accuracy when compressed: output head, input layer, then the smallest."""
-    layers = list(facts.quantizable) or list(facts.prunable)
-    if not layers:
-        return []
-    order = [layers[-1]]
-    if len(layers) > 1:
-        order.append(layers[0])
-    order += sorted(layers[1:-1], key=lambda n: facts.layer_params.get(n, 0))
-    return [n for n in order if not any(fnmatch.fnmatch(n, p) for p in skip)]
-
-
 def _prune_sensitivity(facts: ProfileFacts, skip: list[str]) -> list[str]:
     """For pruning: the input layer, then the smallest hidden layers (the output layer is never pruned)."""
     layers = list(facts.prunable) or list(facts.quantizable)
@@ -344,44 +363,32 @@ def _quantization_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
         last = mine[-1]
         if last.status == "failed" or last.status == "accepted":
             continue  # unavailable here, or accepted then rolled back by the user
+        if last.meets is False and _below_target(view, facts, method):
+            sized = _size_target_action(view, facts, method, mine, base)
+            if sized is not None:
+                return sized
         if last.meets is False and _mixed_fits(view, facts, method, mine):
             return _mixed_action(view, method, mine[0], base, "quantize_mixed")
-        if any(str(t.strategy or "").endswith("_mixed") for t in mine):
-            continue  # the measured mix was the per-layer fallback; guessing layers now would do no better
-        if last.meets is False and len(mine) <= MAX_FALLBACKS:
-            excluded = list(last.meta.get("fallback_exclude", []))
-            candidates = [n for n in _sensitivity_order(facts, excluded + view.instructions.exclude_quantize)]
-            if candidates:
-                layer = candidates[0]
-                exclude = excluded + [layer]
-                return Action(
-                    kind="tool",
-                    calls=[
-                        ToolCall(tool="quantize", arguments={**_quant_args(view, method), "exclude": exclude})
-                    ],
-                    reasoning=(
-                        f"{method} cost too much accuracy ({100 * _retained(last):.2f}% retained, floor "
-                        f"{100 * view.criteria.accuracy_floor:.1f}%). Per-layer fallback: keeping '{layer}' in "  # noqa: E501
-                        "floating point (the layer most likely to be sensitive) and retrying."
-                    ),
-                    strategy="quantize_fallback",
-                    meta={"method": method, "fallback_exclude": exclude},
-                )
+        # A method that missed (and whose recovery missed, see `_recovery_step`) with no measured mix that
+        # fits the budget is left: keeping a layer in float by guess is not better than the next method.
     return None
 
 
 def _mixed_fits(view: PlannerView, facts: ProfileFacts, method: str, mine: list[TrialRecord]) -> bool:
-    """Whether the measured mixed-precision fallback applies: ONNX Runtime, not tried yet, and its rounds
-    (one quantize-and-evaluate per layer group, then a bisection) fit in what is left of the time budget."""
-    if not _ort_path(view, method) or method == "fp16":
+    """Whether the measured mixed-precision fallback applies: a method with a per-layer choice (torch or ONNX
+    Runtime), not tried yet, and its rounds (one quantize-and-evaluate per layer group, then a bisection)
+    fit in what is left of the time budget."""
+    if method not in MIXED_METHODS or (view.runtime == "onnx" and not _ort_path(view, method)):
+        return False
+    if method == "weight_only_int4" and not (_ort_path(view, method) or view.device.startswith("cuda")):
         return False
     if any(str(t.strategy or "").endswith("_mixed") for t in mine):
         return False
     layers = len(facts.quantizable) or MIXED_MAX_GROUPS
     groups = min(layers, MIXED_MAX_GROUPS)
     rounds = groups + max(1, groups.bit_length()) + 1
-    per_round = max((t.duration_s for t in mine), default=0.0)
-    spent = sum(t.duration_s for t in view.trials)
+    per_round = max((t.duration_s for t in mine if not t.tool_metrics.get("recovery")), default=0.0)
+    spent = max(view.elapsed_s, sum(t.duration_s for t in view.trials))
     budget = view.criteria.time_budget_s or 900.0
     return spent + rounds * per_round <= budget
 
@@ -422,20 +429,19 @@ def _bit_escalation_step(view: PlannerView, facts: ProfileFacts) -> Action | Non
     base = _float_base(view)
     on_base = _trials_on(view, base, "quantize")
     tried_methods = {str((_quant_call(t) or ToolCall(tool="")).arguments.get("method")) for t in on_base}
-    prune_calls = [c for c in rec.recipe if c.tool == "prune"]
+    prune_calls = [c for c in rec.recipe if c.tool in ("prune", "distill")]  # the float lineage, recovered
     for method, _why in ranked_quant_methods(view, facts):
         mine = [
             t
             for t in _plain_quant(on_base)
             if (_quant_call(t) or ToolCall(tool="")).arguments.get("method") == method
         ]
-        if (
-            not prune_calls
-            and _BITS.get(method, 16) < current_bits
-            and mine
-            and mine[-1].meets is False
-            and _mixed_fits(view, facts, method, mine)
-        ):
+        if prune_calls or _BITS.get(method, 16) >= current_bits or not mine or mine[-1].meets is not False:
+            continue
+        sized = _size_target_action(view, facts, method, mine, base)
+        if sized is not None:
+            return sized
+        if _mixed_fits(view, facts, method, mine):
             return _mixed_action(view, method, mine[0], base, "quantize_lower_bits_mixed")
     for method, why in ranked_quant_methods(view, facts):
         if _BITS.get(method, 16) < current_bits and method not in tried_methods:
@@ -451,6 +457,52 @@ def _bit_escalation_step(view: PlannerView, facts: ProfileFacts) -> Action | Non
                 meta={"method": method},
             )
     return None
+
+
+def _below_target(view: PlannerView, facts: ProfileFacts, method: str) -> bool:
+    """Whether `method` everywhere would be smaller than the size target (so a mix of it with higher
+    precision can still reach it); 4-bit is, when the profile holds no byte counts to tell."""
+    ratio = expected_ratio(facts, method)
+    if ratio is None:
+        return _BITS.get(method, 16) <= 4
+    return _reaches(view, ratio)
+
+
+def _size_target_action(
+    view: PlannerView, facts: ProfileFacts, method: str, mine: list[TrialRecord], base: str
+) -> Action | None:
+    """`method` under the session's size target itself: per-layer precision (float, 8-bit, 4-bit) from
+    measured costs, the least costly mix that fits (quantize's `size_target`), once per method and base."""
+    if method not in MIXED_METHODS or any(t.strategy == "quantize_size_target" for t in mine):
+        return None
+    if method == "weight_only_int4" and not (_ort_path(view, method) or view.device.startswith("cuda")):
+        return None
+    base_m = view.versions[base].measurement or {}
+    base_bytes = int(base_m.get("size_bytes") or view.baseline.size_bytes)
+    target_bytes = view.baseline.size_bytes * (1.0 - view.criteria.size_target_percent / 100.0)
+    ratio = round(target_bytes / max(base_bytes, 1), 4)
+    if not 0.0 < ratio < 1.0:
+        return None
+    groups = min(len(facts.quantizable) or MIXED_MAX_GROUPS, MIXED_MAX_GROUPS)
+    per_round = max((t.duration_s for t in mine if not t.tool_metrics.get("recovery")), default=0.0)
+    budget = view.criteria.time_budget_s or 900.0
+    if max(view.elapsed_s, sum(t.duration_s for t in view.trials)) + (2 * groups + 3) * per_round > budget:
+        return None
+    plain = mine[0]
+    return Action(
+        kind="tool",
+        calls=[ToolCall(tool="quantize", arguments={**_quant_args(view, method), "size_target": ratio})],
+        base_version=base,
+        reasoning=(
+            f"{method} everywhere cost too much accuracy ({100 * _retained(plain):.2f}% retained, floor "
+            f"{100 * view.criteria.accuracy_floor:.1f}%). Mixed precision under the size target: the tool "
+            "measures what each layer group costs alone at each precision and picks, by a knapsack over "
+            f"those costs, the precisions that bring the model to {100 * ratio:.1f}% of {base}'s size at the "
+            "least cost."
+        ),
+        strategy="quantize_size_target",
+        meta={"method": method, "size_target": ratio},
+    )
 
 
 def _alternative_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
@@ -631,9 +683,14 @@ def _prune_action(
     args: dict[str, Any] = {"method": method, "amount": round(amount, 4)}
     if exclude:
         args["exclude"] = list(exclude)
+    calls = [ToolCall(tool="prune", arguments=args), *requant]
+    recovered = with_recovery(calls[:1], view) if method == "structured" and distillation_pays(view) else None
+    if recovered is not None:
+        calls = [*recovered, *requant]
+        why += " Distilling the pruned model from the original before re-quantizing (recovery in the loop)."
     return Action(
         kind="tool",
-        calls=[ToolCall(tool="prune", arguments=args), *requant],
+        calls=calls,
         base_version=base,
         reasoning=why,
         strategy="prune_search",
@@ -668,8 +725,20 @@ def _speed_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
     return _requant_step(view, facts) or _alternative_step(view, facts) or _speed_prune_step(view, facts)
 
 
+# Recovery budgets move with the time left: two calls that differ only in them are the same trial.
+_BUDGET_ARGUMENTS = ("steps", "time_budget_s", "recovery_steps", "recovery_time_s")
+
+
 def _calls_key(calls: list[ToolCall]) -> str:
-    return json.dumps([c.model_dump() for c in calls], sort_keys=True)
+    def key(c: ToolCall) -> dict[str, Any]:
+        if c.tool == "distill" or c.arguments.get("recovery") == "qat":
+            return {
+                "tool": c.tool,
+                "arguments": {k: v for k, v in c.arguments.items() if k not in _BUDGET_ARGUMENTS},
+            }
+        return c.model_dump()
+
+    return json.dumps([key(c) for c in calls], sort_keys=True)
 
 
 def _requant_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
@@ -681,7 +750,7 @@ def _requant_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
     if sum(t.strategy == "requantize_for_speed" for t in view.trials) >= MAX_REQUANT_TRIALS:
         return None
     current = str(quant[-1].arguments.get("method"))
-    prune_calls = [c for c in rec.recipe if c.tool == "prune"]
+    prune_calls = [c for c in rec.recipe if c.tool in ("prune", "distill")]  # the float lineage, recovered
     tried = {_calls_key(t.calls) for t in view.trials}
     # A method that could not run here, or broke the floor on its own, will not do better now.
     hopeless = {
@@ -767,9 +836,12 @@ def _speed_prune_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
     args: dict[str, Any] = {"method": "structured", "amount": round(amount, 4)}
     if exclude:
         args["exclude"] = exclude
+    prune_calls = (
+        with_recovery([ToolCall(tool="prune", arguments=args)], view) if distillation_pays(view) else None
+    ) or [ToolCall(tool="prune", arguments=args)]
     return Action(
         kind="tool",
-        calls=[ToolCall(tool="prune", arguments=args), *requant],
+        calls=[*prune_calls, *requant],
         base_version=_root_float(view),
         reasoning=why,
         strategy="prune_for_speed",
@@ -778,6 +850,140 @@ def _speed_prune_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
 
 
 # ------------------------------------------------------------------------------------------
+
+
+# ------------------------------------------------------------------------------------------
+# Recovery: distillation after pruning, quantization-aware training
+# ------------------------------------------------------------------------------------------
+
+
+def recovery_seconds(view: PlannerView) -> float | None:
+    """Seconds one recovery may train: a share of what is left of the session's time budget, at most
+    `RECOVERY_MAX_S` and a quarter of the budget's per-trial share; None when too little is left to be
+    worth it."""
+    budget = view.criteria.time_budget_s or 900.0
+    left = budget - max(view.elapsed_s, sum(t.duration_s for t in view.trials))
+    trials = view.criteria.max_trials or 12
+    seconds = min(RECOVERY_MAX_S, RECOVERY_SHARE * left, budget / (4 * trials))
+    return round(seconds, 1) if seconds >= RECOVERY_MIN_S else None
+
+
+def distillation_pays(view: PlannerView) -> bool:
+    """Whether distilling pruned candidates still buys accuracy in this session: not once a distillation
+    closed less than `RECOVERY_MIN_SHARE` of its candidate's gap to the floor (a model it cannot help
+    within the budget: the search goes on without paying for it)."""
+    floor = view.criteria.accuracy_floor
+    for t in view.trials:
+        recovery = t.tool_metrics.get("recovery") or {}
+        for part in recovery.get("steps_by_tool", []):
+            before = part.get("accuracy_retained_before")
+            if part.get("tool") != "distill" or before is None or float(before) >= floor:
+                continue
+            if float(part.get("accuracy_gained") or 0.0) < RECOVERY_MIN_SHARE * (floor - float(before)):
+                return False
+    return True
+
+
+def _small(view: PlannerView) -> bool:
+    total = int(view.profile.get("total_parameters") or 0)
+    return 0 < total <= SMALL_MODEL_PARAMS
+
+
+def distill_arguments(view: PlannerView, amount: float = 0.5) -> dict[str, Any] | None:
+    """Distillation after pruning `amount`: a student pruned a little starts near its teacher and a large
+    step throws that away (on the reacher policy, 5% pruned: 0.99 of the floor's metric at lr 1e-3, 0.97
+    at 3e-3), one pruned by half needs the larger step (0.96 against 0.998, 600 steps each)."""
+    seconds = recovery_seconds(view)
+    if seconds is None:
+        return None
+    if not _small(view):
+        return {"steps": RECOVERY_STEPS, "time_budget_s": seconds, "learning_rate": 5e-4, "batch_size": 32}
+    gentle = amount <= GENTLE_PRUNE_AMOUNT
+    return {
+        "steps": RECOVERY_STEPS,
+        "time_budget_s": seconds,
+        "learning_rate": 1e-3 if gentle else 3e-3,
+        "batch_size": 128 if gentle else 256,
+    }
+
+
+def qat_arguments(view: PlannerView) -> dict[str, Any] | None:
+    seconds = recovery_seconds(view)
+    if seconds is None:
+        return None
+    return {
+        "recovery": "qat",
+        "recovery_steps": RECOVERY_STEPS,
+        "recovery_time_s": seconds,
+        "recovery_learning_rate": 1e-3 if _small(view) else 1e-4,
+    }
+
+
+def with_recovery(calls: list[ToolCall], view: PlannerView, *, qat: bool = True) -> list[ToolCall] | None:
+    """`calls` with recovery where it applies: distill right after structured pruning (magnitude pruning's
+    zeros would not survive training), quantization-aware training of an int8 / 4-bit quantization of a
+    torch model. None when nothing changes (no step to recover, or no time for it)."""
+    out: list[ToolCall] = []
+    changed = False
+    for i, call in enumerate(calls):
+        args = call.arguments
+        if call.tool == "prune" and args.get("method") == "structured" and view.runtime != "onnx":
+            out.append(call)
+            nxt = calls[i + 1] if i + 1 < len(calls) else None
+            d = distill_arguments(view, float(args.get("amount", 0.5)))
+            if d is not None and (nxt is None or nxt.tool != "distill"):
+                out.append(ToolCall(tool="distill", arguments=d))
+                changed = True
+        elif (
+            qat
+            and call.tool == "quantize"
+            and view.runtime != "onnx"
+            and args.get("method") in QAT_METHODS
+            and args.get("recovery", "none") == "none"
+            and args.get("accuracy_target") is None
+            and args.get("size_target") is None
+            and (q := qat_arguments(view)) is not None
+        ):
+            out.append(ToolCall(tool="quantize", arguments={**args, **q}))
+            changed = True
+        else:
+            out.append(call)
+    return out if changed else None
+
+
+def _recovered(calls: list[ToolCall]) -> bool:
+    return any(c.tool == "distill" or c.arguments.get("recovery") == "qat" for c in calls)
+
+
+def _recovery_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
+    """The last candidate missed the accuracy floor: the same calls with recovery, measured again."""
+    if not view.trials:
+        return None
+    last = view.trials[-1]
+    if last.status == "failed" or last.meets is not False or _recovered(last.calls):
+        return None
+    if _retained(last) + 1e-9 >= view.criteria.accuracy_floor:
+        return None  # it missed the latency target, not the floor: training will not make it faster
+    # Quantization-aware training moves weights within their grid: it closes small gaps (a few points),
+    # not a quantization that loses a third of the accuracy (measured mixed precision is next for those).
+    calls = with_recovery(last.calls, view, qat=view.criteria.accuracy_floor - _retained(last) <= QAT_MAX_GAP)
+    if calls is None:
+        return None
+    how = sorted({"distillation" if c.tool == "distill" else "quantization-aware training"
+                  for c in calls if c.tool == "distill" or c.arguments.get("recovery") == "qat"})  # fmt: skip
+    seconds = recovery_seconds(view)
+    return Action(
+        kind="tool",
+        calls=calls,
+        base_version=last.base_version,
+        reasoning=(
+            f"Trial {last.number} kept {100 * _retained(last):.2f}% of the accuracy, below the "
+            f"{100 * view.criteria.accuracy_floor:.1f}% floor. Recovering it with {' and '.join(how)} from "
+            f"the original (at most {seconds:.0f} s of training of the time left) and measuring it again."
+        ),
+        strategy="recover",
+        meta={**last.meta, "recovers": last.number, "accuracy_before_recovery": _retained(last)},
+    )
 
 
 def _retained(t: TrialRecord) -> float:

@@ -124,8 +124,12 @@ def test_linear_heavy_cpu_model_starts_with_dynamic_int8_then_spends_the_rest_on
         if step.kind == "finish":
             break
         assert step.strategy == "prune_for_speed" and step.base_version == "v0"
-        assert [c.tool for c in step.calls] == ["prune", "quantize"]
-        assert step.calls[1].arguments == {"method": "dynamic_int8"}
+        # Recovery in the loop: the pruned model is distilled from the original before re-quantizing.
+        assert [c.tool for c in step.calls] == ["prune", "distill", "quantize"]
+        assert (
+            step.calls[1].arguments["steps"] == 200 and 2.0 <= step.calls[1].arguments["time_budget_s"] <= 5
+        )
+        assert step.calls[2].arguments == {"method": "dynamic_int8"}
         amounts.append(step.calls[0].arguments["amount"])
         h.trial(step, size=200_000, acc=0.90, accepted=False)  # breaks the floor: the search narrows
     assert amounts == pytest.approx([0.45, 0.225, 0.1125])  # then the bracket is too narrow to matter
@@ -141,7 +145,7 @@ def test_speed_search_keeps_what_the_gate_accepts() -> None:
     h.trial(requant, size=240_000, acc=0.99, accepted=True)  # static int8 was faster: accepted
     p1 = decide(h.view(criteria))
     assert p1.strategy == "prune_for_speed" and p1.base_version == "v0"
-    assert p1.calls[1].arguments == {"method": "static_int8"}  # the accepted quantization is re-applied
+    assert p1.calls[2].arguments == {"method": "static_int8"}  # the accepted quantization is re-applied
     h.trial(p1, size=130_000, acc=0.97, accepted=True)
     p2 = decide(h.view(criteria))
     assert p2.calls[0].arguments["amount"] == pytest.approx(0.45 + (0.9 - 0.45) / 2)
@@ -150,21 +154,47 @@ def test_speed_search_keeps_what_the_gate_accepts() -> None:
     assert p3.calls[0].arguments["amount"] == pytest.approx((0.45 + 0.675) / 2)
 
 
-def test_per_layer_fallback_keeps_the_most_sensitive_layer_in_float() -> None:
+def test_a_quantization_that_misses_is_recovered_then_mixed_by_measured_sensitivity() -> None:
     h = History()
     criteria = Criteria(max_size_reduction_percent=50, target_accuracy_threshold=0.95)
     first = decide(h.view(criteria))
     h.trial(first, size=270_000, acc=0.90, accepted=False)
-    retry = decide(h.view(criteria))
-    assert retry.strategy == "quantize_fallback"
-    assert retry.calls[0].arguments == {"method": "dynamic_int8", "exclude": ["head"]}
-    h.trial(retry, size=280_000, acc=0.93, accepted=False)
-    again = decide(h.view(criteria))
-    assert again.calls[0].arguments["exclude"] == ["head", "body.0"]  # then the input layer
-    h.trial(again, size=300_000, acc=0.94, accepted=False)
-    # Fallbacks used up: the next method in the ranking.
+    # Recovery first: the same quantization with quantization-aware training from the original.
+    qat = decide(h.view(criteria))
+    assert qat.strategy == "recover" and qat.base_version == "v0" and qat.meta["recovers"] == 1
+    arguments = qat.calls[0].arguments
+    assert arguments["method"] == "dynamic_int8" and arguments["recovery"] == "qat"
+    assert arguments["recovery_steps"] == 200 and 2.0 <= arguments["recovery_time_s"] <= 5
+    assert "quantization-aware training" in qat.reasoning and "90.00%" in qat.reasoning
+    h.trial(qat, size=270_000, acc=0.93, accepted=False)
+    # Still short: the per-layer fallback is measured (accuracy_target), not a layer kept in float by guess.
+    mixed = decide(h.view(criteria))
+    assert mixed.strategy == "quantize_mixed"
+    assert mixed.calls[0].arguments == {"method": "dynamic_int8", "accuracy_target": mixed_target(0.95)}
+    assert all("exclude" not in c.arguments for t in [first, qat, mixed] for c in t.calls)
+    h.trial(mixed, size=300_000, acc=0.94, accepted=False)
+    # The measured mix missed too: the next method in the ranking.
     nxt = decide(h.view(criteria))
-    assert nxt.calls[0].arguments["method"] == "weight_only_int8"
+    assert nxt.calls[0].arguments == {"method": "weight_only_int8"} and nxt.strategy == "quantize"
+
+
+def test_recovery_fits_the_time_left_and_is_not_repeated() -> None:
+    h = History()
+    criteria = Criteria(max_size_reduction_percent=50, target_accuracy_threshold=0.95, time_budget_s=400)
+    first = decide(h.view(criteria))
+    h.trial(first, size=270_000, acc=0.90, accepted=False)
+    view = h.view(criteria)
+    assert decide(view).calls[0].arguments["recovery_time_s"] == 5.0  # never more than RECOVERY_MAX_S
+    view.elapsed_s = 388.0  # 12 s left: a quarter of it
+    qat = decide(view)
+    assert qat.strategy == "recover" and qat.calls[0].arguments["recovery_time_s"] == 3.0
+    small = h.view(criteria.model_copy(update={"time_budget_s": 120.0}))
+    assert decide(small).calls[0].arguments["recovery_time_s"] == 2.5  # a quarter of 12 trials' shares
+    view.elapsed_s = 395.0  # too little left to train
+    assert decide(view).strategy == "quantize_mixed"
+    # A trial that already recovered is not recovered again, whatever it kept.
+    h.trial(qat, size=270_000, acc=0.5, accepted=False)
+    assert decide(h.view(criteria)).strategy != "recover"
 
 
 def test_pruning_search_bisects_the_amount_against_the_floor_and_requantizes() -> None:
@@ -174,7 +204,7 @@ def test_pruning_search_bisects_the_amount_against_the_floor_and_requantizes() -
     h.trial(q, size=260_000, acc=0.99, accepted=True)
     p1 = decide(h.view(criteria))
     assert p1.strategy == "prune_search" and p1.base_version == "v0"
-    assert [c.tool for c in p1.calls] == ["prune", "quantize"]
+    assert [c.tool for c in p1.calls] == ["prune", "distill", "quantize"]  # recovery in the loop
     assert p1.calls[0].arguments["method"] == "structured"
     needed = p1.calls[0].arguments["amount"]
     assert needed == pytest.approx(1 - 0.10 / 0.26, abs=1e-3)
@@ -225,7 +255,7 @@ def test_only_allowed_techniques_are_used() -> None:
     h = History()
     only_pruning = Criteria(optimization_techniques=["pruning"], max_size_reduction_percent=40)
     a = decide(h.view(only_pruning))
-    assert [c.tool for c in a.calls] == ["prune"]
+    assert [c.tool for c in a.calls] == ["prune", "distill"]  # distillation recovers; it compresses nothing
     half = Criteria(optimization_techniques=["half_precision"], max_size_reduction_percent=40)
     assert decide(h.view(half)).calls[0].arguments["method"] == "fp16"
 
@@ -247,7 +277,7 @@ def test_a_pruning_step_the_gate_turned_down_is_never_repeated_and_returns_with_
     h.trial(requant, size=300_000, acc=1.0, accepted=True)
     again = decide(h.view(criteria))
     assert again.strategy == "prune_search"
-    assert again.calls == [prune.calls[0], ToolCall(tool="quantize", arguments={"method": "static_int8"})]
+    assert again.calls == [*prune.calls[:2], ToolCall(tool="quantize", arguments={"method": "static_int8"})]
     h.trial(again, size=230_000, acc=1.0, accepted=False)
     # Every recipe worth trying has been tried once: finish instead of repeating one.
     last = decide(h.view(criteria))
@@ -331,8 +361,15 @@ def test_onnx_model_that_int8_cannot_take_to_the_target_starts_with_4bit_and_fal
     first = decide(view)
     assert first.calls[0].arguments == {"method": "weight_only_int4"}
     h.trial(first, size=180_000, acc=0.91, accepted=False)
-    # The fallback is measured mixed precision, not a guess at the head: the tool keeps the costliest
-    # layer groups in 8 bits until the floor plus one standard error is retained.
+    # The fallbacks are measured, not a guess at the head. First the size target itself: each layer
+    # group's cost measured at 4 and 8 bits, the least costly mix that is 4x smaller.
+    sized = decide(h.view(TARGET_75, profile=TINY, runtime="onnx"))
+    assert sized.strategy == "quantize_size_target" and sized.base_version == "v0"
+    assert sized.calls[0].arguments == {"method": "weight_only_int4", "size_target": 0.25}
+    assert "knapsack" in sized.reasoning
+    h.trial(sized, size=250_000, acc=0.95, accepted=False)
+    # Then the accuracy target: the tool keeps the costliest layer groups in 8 bits until the floor plus one
+    # standard error is retained.
     mixed = decide(h.view(TARGET_75, profile=TINY, runtime="onnx"))
     assert mixed.strategy == "quantize_mixed"
     assert mixed.calls[0].arguments == {"method": "weight_only_int4", "accuracy_target": mixed_target(0.97)}
@@ -372,4 +409,38 @@ def test_mixed_fallback_is_skipped_when_it_does_not_fit_the_time_budget() -> Non
     h.trial(first, size=180_000, acc=0.91, accepted=False)
     h.trials[-1].duration_s = 20.0  # a mixed search (about G + log2 G + 1 rounds) would take minutes
     nxt = decide(h.view(criteria, profile=TINY, runtime="onnx"))
-    assert nxt.strategy == "quantize_fallback" and "accuracy_target" not in nxt.calls[0].arguments
+    assert (
+        nxt.strategy == "quantize" and nxt.calls[0].arguments["method"] != first.calls[0].arguments["method"]
+    )
+    assert "accuracy_target" not in nxt.calls[0].arguments
+
+
+def test_a_quantization_far_below_the_floor_goes_to_measured_mixed_precision_not_training() -> None:
+    h = History()
+    criteria = Criteria(max_size_reduction_percent=50, target_accuracy_threshold=0.95)
+    first = decide(h.view(criteria))
+    h.trial(first, size=270_000, acc=0.60, accepted=False)  # a third lost: QAT would not close that
+    nxt = decide(h.view(criteria))
+    assert nxt.strategy == "quantize_mixed" and "recovery" not in nxt.calls[0].arguments
+
+
+def test_the_pruning_search_stops_paying_for_distillation_that_buys_nothing() -> None:
+    h = History()
+    criteria = Criteria(criteria_name="max_compression", target_accuracy_threshold=0.95)
+    h.trial(decide(h.view(criteria)), size=260_000, acc=0.99, accepted=True)
+    p1 = decide(h.view(criteria))
+    assert [c.tool for c in p1.calls] == ["prune", "distill", "quantize"]
+    h.trial(p1, size=100_000, acc=0.80, accepted=False)
+    # What the graph records: this distillation took the candidate from 0.70 to 0.80, a third of its way
+    # to the floor: worth paying for again.
+    part = {"tool": "distill", "accuracy_retained_before": 0.70, "accuracy_gained": 0.10}
+    h.trials[-1].tool_metrics["recovery"] = {"steps_by_tool": [part]}
+    p2 = decide(h.view(criteria))
+    assert [c.tool for c in p2.calls] == ["prune", "distill", "quantize"]
+    h.trial(p2, size=150_000, acc=0.10, accepted=False)
+    # This one bought 0.06 of a 0.9 gap (a model it cannot help within the budget): the search goes on
+    # without paying for distillation.
+    part = {"tool": "distill", "accuracy_retained_before": 0.05, "accuracy_gained": 0.06}
+    h.trials[-1].tool_metrics["recovery"] = {"steps_by_tool": [part]}
+    p3 = decide(h.view(criteria))
+    assert p3.strategy == "prune_search" and [c.tool for c in p3.calls] == ["prune", "quantize"]

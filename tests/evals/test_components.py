@@ -110,7 +110,18 @@ def test_oracle_grid_respects_techniques_and_is_large_enough() -> None:
     assert len(both) >= 32  # the agent's 8 trials are at most a quarter of it
     only_q = oracle_recipes(Criteria(optimization_techniques=["quantization"], device="cpu"))
     assert all(s["tool"] == "quantize" for r in only_q for s in r)
-    assert "magnitude50+dynamic_int8" in {recipe_label(r) for r in both}
+    labels = {recipe_label(r) for r in both}
+    assert "magnitude50+dynamic_int8" in labels
+    # The recovery tools are in the grid: distilled structured pruning, QAT, the size-target mix.
+    assert {"structured50+distill+weight_only_int4", "weight_only_int4/qat", "weight_only_int4@0.5"} <= labels
+    assert "structured75+distill+dynamic_int8/qat" in labels
+    assert not any("magnitude" in label and ("distill" in label or "/qat" in label) for label in labels)
+    smoke = oracle_recipes(
+        Criteria(optimization_techniques=["quantization", "pruning"], device="cpu"), suite="smoke"
+    )
+    assert 4 * 10 <= len(smoke) < len(both)  # the policies' 10 trials stay under a quarter of it
+    distill = next(s for r in smoke for s in r if s["tool"] == "distill")
+    assert distill["time_budget_s"] == 6.0 and distill["learning_rate"] == 5e-4  # a model of unknown size
 
 
 def test_recording_against_mock_server_replays_identically(tmp_path: Path) -> None:

@@ -120,3 +120,29 @@ def test_qat_is_refused_where_it_cannot_apply(outliers: ModelHandle) -> None:
         quantize(outliers, "dynamic_int8", recovery="qat", recovery_time_s=0)
     with pytest.raises(InvalidArgumentError, match="recovery_steps must be at least 1"):
         quantize(outliers, "dynamic_int8", recovery="qat", recovery_steps=0)
+
+
+class _PerToken(nn.Module):
+    """Linear layers over [batch, tokens, features], as a transformer's are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(32, 64), nn.Linear(64, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(torch.relu(self.up(x)))
+
+
+def test_token_activations_are_fake_quantized_per_row_of_blocks() -> None:
+    from tools.handle import InputSpec
+
+    torch.manual_seed(0)
+    handle = ModelHandle(runtime="torch", format="state_dict", model=_PerToken().eval(),
+                         inputs=[InputSpec(name="tokens", shape=[None, 4, 32])])  # fmt: skip
+    qat = quantize(handle, "weight_only_int4", backend="onnxruntime", **{**QAT, "recovery_steps": 20})
+    recovery = qat.recipe[-1]["result"]["recovery"]
+    assert (
+        recovery["fake_quantization"]["up"]
+        == "4-bit blocks of 32; activations int8 blocks (MatMulNBits accuracy level 4)"
+    )
+    assert _layer_types(qat) == _layer_types(quantize(handle, "weight_only_int4", backend="onnxruntime"))

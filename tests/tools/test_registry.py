@@ -210,3 +210,16 @@ def test_no_tool_imports_the_registry() -> None:
             )
             offenders += [f"{path.name}: {n}" for n in names if n == "tools.registry"]
     assert offenders == []
+
+
+def test_distill_runs_through_the_registry_with_its_teacher() -> None:
+    from tools.errors import InvalidArgumentError
+
+    handle = mlp_handle()
+    pruned = run_tool("prune", handle, {"method": "structured", "amount": 0.5})
+    with pytest.raises(InvalidArgumentError, match="distill needs the teacher"):
+        run_tool("distill", pruned, {"steps": 5})
+    recovered = run_tool("distill", pruned, {"steps": 5, "time_budget_s": None}, teacher=handle)
+    step = recovered.recipe[-1]
+    assert step["tool"] == "distill" and step["result"]["steps_run"] == 5
+    assert step["result"]["data_source"] == "synthesized"  # neither model carries evaluation data
