@@ -5,7 +5,7 @@ Criteria per case are what a robotics user would ask of that model:
   (`max_compression`, size target 75%) keeping 99% of the accuracy;
 - vla-mini: `balanced_optimization` (size and speed alike), keeping 97% of the action-token accuracy,
   4x smaller as the small-policy target asks (size target 75%).
-`max_trials` bounds the agent so that it can use at most a quarter of the oracle's grid (45 points in
+`max_trials` bounds the agent so that it can use at most a quarter of the oracle's grid (44 points in
 `smoke`).
 """
 

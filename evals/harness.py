@@ -27,7 +27,7 @@ log = logging.getLogger("evals")
 
 # The agent's session budget per suite (unless a case sets its own): what its recovery training may take
 # is a share of it (agents.planners.rules.recovery_seconds), so the smoke suite stays within its minutes.
-SUITE_TIME_BUDGET_S: dict[str, float] = {"tiny": 60.0, "smoke": 240.0, "full": 900.0}
+SUITE_TIME_BUDGET_S: dict[str, float] = {"tiny": 60.0, "smoke": 160.0, "full": 900.0}
 FINAL_ITERATIONS = 100
 FINAL_WARMUP = 10
 FINAL_ROUNDS = 3

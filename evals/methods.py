@@ -200,7 +200,7 @@ QAT_GRID: dict[str, tuple[Step, ...]] = {
 # transformer its seconds).
 RECOVERY_BUDGET: dict[str, dict[str, float]] = {
     "tiny": {"steps": 600, "seconds": 3.0},
-    "smoke": {"steps": 600, "seconds": 6.0},
+    "smoke": {"steps": 600, "seconds": 4.0},
     "full": {"steps": 1500, "seconds": 30.0},
 }
 HALF_PRECISION = ("fp16", "bf16")
@@ -261,7 +261,8 @@ def oracle_recipes(criteria: Criteria, *, suite: str = "full", parameters: int =
             if recipe:
                 out.append(recipe)
     if "quantization" in allowed:
-        for p in [[], *recovered]:
+        # The quick suites train QAT on the unpruned model and the most pruned distilled one only.
+        for p in [[], *(recovered[-1:] if suite in QUICK_SUITES else recovered)]:
             for q in QAT_GRID.get(suite, QAT_GRID["full"]):
                 out.append(p + [{**q, **qat}])
         # Mixed precision under the size target (per-layer costs measured, a knapsack over them).

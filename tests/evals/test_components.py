@@ -122,7 +122,7 @@ def test_oracle_grid_respects_techniques_and_is_large_enough() -> None:
     assert 4 * 10 <= len(smoke) < len(both)  # the policies' 10 trials stay under a quarter of it
     assert not {"bf16", "magnitude75", "structured25+bf16"} & {recipe_label(r) for r in smoke}
     distill = next(s for r in smoke for s in r if s["tool"] == "distill")
-    assert distill["time_budget_s"] == 6.0 and distill["learning_rate"] == 5e-4  # a model of unknown size
+    assert distill["time_budget_s"] == 4.0 and distill["learning_rate"] == 5e-4  # a model of unknown size
 
 
 def test_recording_against_mock_server_replays_identically(tmp_path: Path) -> None:
