@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -63,6 +64,20 @@ class Settings(BaseSettings):
     # Nice value of the session compute threads (0 = the server's own priority); see agents/compute.py.
     compute_nice: int = Field(default=10, ge=0, le=19)
 
+    # Scale-out: where sessions run, and the run table's leases (agents/executor.py, state/runs.py).
+    # process: a worker process per session (default); inprocess: asyncio tasks in the API (tests that
+    # patch the process); ray: Ray tasks on the cluster at RAY_ADDRESS (none: a local Ray is started).
+    executor: Literal["process", "inprocess", "ray"] = "process"
+    ray_address: str | None = None
+    ray_num_cpus: float = Field(default=1.0, gt=0, description="CPUs a session reserves on Ray")
+    # Torch threads of a session's worker (0: the machine's cores shared by MAX_CONCURRENT_SESSIONS).
+    worker_torch_threads: int = Field(default=0, ge=0)
+    # A worker renews its lease every RUN_HEARTBEAT_S; a lease not renewed for RUN_LEASE_S is free.
+    run_lease_s: float = Field(default=15.0, gt=0)
+    run_heartbeat_s: float = Field(default=3.0, gt=0)
+    # Runs of one session whose worker died before it is failed (Ray: its task's retries + 1).
+    run_max_attempts: int = Field(default=4, ge=1, le=100)
+
     @field_validator("cors_origins", "model_import_dirs", "import_allowed_roles", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -70,11 +85,23 @@ class Settings(BaseSettings):
             return [o.strip() for o in value.split(",") if o.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _heartbeat_within_lease(self) -> Settings:
+        if self.run_heartbeat_s * 2 > self.run_lease_s:
+            raise ValueError("RUN_HEARTBEAT_S must be at most half of RUN_LEASE_S")
+        return self
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'robopt.db').resolve()}"
+
+    @property
+    def session_torch_threads(self) -> int:
+        if self.worker_torch_threads:
+            return self.worker_torch_threads
+        return max(1, (os.cpu_count() or 1) // self.max_concurrent_sessions)
 
     @property
     def artifacts_dir(self) -> Path:
