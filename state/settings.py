@@ -78,6 +78,22 @@ class Settings(BaseSettings):
     # Runs of one session whose worker died before it is failed (Ray: its task's retries + 1).
     run_max_attempts: int = Field(default=4, ge=1, le=100)
 
+    # Shared storage and API replicas (issue 14). ARTIFACT_STORE: a local directory (default
+    # DATA_DIR/artifacts) or s3://bucket/prefix (fsspec/s3fs; S3_ENDPOINT_URL for MinIO and the like,
+    # credentials from the usual AWS_* variables); remote artifacts are read through a local cache
+    # keyed by checksum. EVENT_BUS carries event wake-ups and auth invalidations between replicas:
+    # auto = PostgreSQL LISTEN/NOTIFY when DATABASE_URL is PostgreSQL, else in-process only.
+    artifact_store: str | None = None
+    artifact_cache_dir: Path | None = None  # default DATA_DIR/artifact-cache
+    s3_endpoint_url: str | None = None
+    event_bus: Literal["auto", "local", "postgres", "redis"] = "auto"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    # An SSE stream re-reads the log when nothing woke it for this long (a safety net, not the path).
+    event_reread_s: float = Field(default=1.0, gt=0)
+    # Cached token -> user lookups (api/auth_cache.py); invalidated at once through EVENT_BUS, this
+    # TTL bounds a replica that misses a message. 0 turns the cache off.
+    auth_cache_ttl_s: float = Field(default=5.0, ge=0)
+
     @field_validator("cors_origins", "model_import_dirs", "import_allowed_roles", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
@@ -106,6 +122,10 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return self.data_dir / "artifacts"
+
+    @property
+    def artifact_cache_path(self) -> Path:
+        return self.artifact_cache_dir or self.data_dir / "artifact-cache"
 
     @property
     def uploads_dir(self) -> Path:
