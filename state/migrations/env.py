@@ -12,7 +12,7 @@ import state.registry  # noqa: F401  (registers the tables on SQLModel.metadata)
 import state.users  # noqa: F401
 
 # Later issues add their own table modules; they are imported when present so autogenerate sees them.
-for _module in ("state.sessions", "state.uploads"):
+for _module in ("state.sessions", "state.uploads", "state.runs"):
     if importlib.util.find_spec(_module) is not None:
         importlib.import_module(_module)
 
