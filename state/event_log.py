@@ -4,6 +4,12 @@ Appends are serialized per session by an in-process lock (one runner per session
 protected by the (session_id, seq) unique constraint. Subscribers get every appended event on an
 asyncio queue; a subscriber that falls behind by more than its queue holds is told to re-read the
 database (the SSE endpoint replays from the log by seq anyway).
+
+Across processes (API replicas, session workers): on PostgreSQL each append also sends
+`NOTIFY robopt_events, '<session_id>:<seq>'` inside its own transaction, so the notification is
+delivered exactly when the row is visible, whoever wrote it; with another bus (Redis) `notifier`
+publishes the same after the commit. A replica's bus listener then calls `wake(session_id)`: its
+subscribers re-read the log. The notification carries nothing else, so nothing is lost or doubled.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import func, text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from state.event_bus import EVENTS_CHANNEL, Notifier
 from state.sessions import SessionEvent
 
 QUEUE_SIZE = 1000
@@ -44,11 +51,19 @@ class EventRecord:
 
 
 OVERFLOW = object()  # put on a subscriber's queue when it overflowed: re-read from the database
+WAKE = object()  # another process appended: re-read from the database
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
 class EventLog:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], notifier: Notifier | None = None
+    ) -> None:
         self._sessionmaker = sessionmaker
+        bind = sessionmaker.kw.get("bind")
+        self._notify_in_transaction = bind is not None and bind.dialect.name == "postgresql"
+        self.notifier = notifier  # a non-PostgreSQL bus's publish (EVENT_BUS=redis)
+        self.reread_s = 1.0  # how long a quiet SSE stream waits before re-reading (EVENT_REREAD_S)
         self._locks: dict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._subscribers: dict[str, set[asyncio.Queue[Any]]] = defaultdict(set)
 
@@ -93,19 +108,39 @@ class EventLog:
                     dedupe_key=dedupe_key,
                 )
                 db.add(row)
+                if self._notify_in_transaction:
+                    conn = await db.connection()
+                    notice = {"channel": EVENTS_CHANNEL, "payload": f"{session_id}:{row.seq}"}
+                    await conn.execute(_NOTIFY, notice)
                 await db.commit()
                 record = EventRecord(session_id, row.seq, row.type, row.payload, row.created_at)
         self._publish(record)
+        if self.notifier is not None:
+            await self.notifier(EVENTS_CHANNEL, f"{session_id}:{record.seq}")
         return record
+
+    def wake(self, session_id: str) -> None:
+        """Another process appended to this session: its subscribers here re-read the log."""
+        for queue in list(self._subscribers.get(session_id, ())):
+            self._put(queue, WAKE)
+
+    def wake_all(self) -> None:
+        """Notifications may have been missed (the bus reconnected): every subscriber re-reads."""
+        for session_id in list(self._subscribers):
+            self.wake(session_id)
 
     def _publish(self, record: EventRecord) -> None:
         for queue in list(self._subscribers.get(record.session_id, ())):
-            try:
-                queue.put_nowait(record)
-            except asyncio.QueueFull:
-                while not queue.empty():
-                    queue.get_nowait()
-                queue.put_nowait(OVERFLOW)
+            self._put(queue, record)
+
+    @staticmethod
+    def _put(queue: asyncio.Queue[Any], item: Any) -> None:
+        try:
+            queue.put_nowait(item)
+        except asyncio.QueueFull:
+            while not queue.empty():
+                queue.get_nowait()
+            queue.put_nowait(OVERFLOW)
 
     @asynccontextmanager
     async def subscribe(self, session_id: str) -> AsyncIterator[asyncio.Queue[Any]]:
