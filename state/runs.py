@@ -8,9 +8,9 @@ index says so in the database, whatever the workers do. Claims of one session se
 session row (`FOR UPDATE SKIP LOCKED` on PostgreSQL: a second claimer backs off instead of queueing
 behind the first); on SQLite the database's single writer and the unique index do the same.
 
-Attempt numbers only grow, and they fence: every session or event write of a worker runs
-`RunFence.check` in its own transaction, after its statements, so that it commits only while its
-attempt is still the active one (on PostgreSQL the check holds a share lock on the run row, which a
+Attempt numbers only grow, and they fence: every session or event write of a worker checks, in its
+own transaction after its statements (`install_fencing`: a before-commit hook), that its attempt is
+still the active one (on PostgreSQL the check holds a share lock on the run row, which a
 takeover's update waits for). A worker whose attempt was taken over gets `LeaseLost` and writes
 nothing more.
 """
@@ -20,13 +20,15 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import Column, DateTime, Index, UniqueConstraint, func, text, update
+from sqlalchemy import Column, DateTime, Index, UniqueConstraint, event, func, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -273,7 +275,12 @@ async def active_attempt(
 
 @dataclass
 class RunFence:
-    """A worker's proof that it still runs the session: checked inside each of its write transactions."""
+    """A worker's proof that it still runs the session, checked inside each of its write transactions.
+
+    `current_fence` carries it: set in the task that runs the attempt (and so in the tasks it starts),
+    it makes every ORM commit there that wrote rows check first that the attempt is still active.
+    Writes made elsewhere in the process (API requests) are not fenced.
+    """
 
     sessionmaker: async_sessionmaker[AsyncSession]
     run_id: int
@@ -287,24 +294,61 @@ class RunFence:
             f"attempt {self.attempt} of session {self.session_id} is no longer active ({status or 'gone'})"
         )
 
-    async def check(self, db: AsyncSession) -> None:
-        """Call after the transaction's statements, before its commit (raises LeaseLost)."""
+    def check_in(self, session: Session) -> None:
+        """Inside a transaction whose writes are flushed (raises LeaseLost; the commit then fails)."""
         if self.lost:
             raise self._lost("lost")
-        await db.flush()  # SQLite: the write lock is now ours, so the answer below holds until commit
         query = select(SessionRun.status).where(SessionRun.id == self.run_id)
-        if db.bind.dialect.name == "postgresql":
+        if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(read=True)  # a takeover's UPDATE waits for our commit
-        status = (await db.exec(query)).first()
+        # SQLite: the flush took the write lock, so nobody can take the attempt over before we commit.
+        status = session.execute(query).scalar_one_or_none()
         if status != ACTIVE:
             raise self._lost(status)
 
     async def check_now(self) -> None:
-        """The same check in a transaction of its own (before writes that go to another database:
-        the checkpointer's)."""
+        """The same check in a transaction of its own, before a write that goes elsewhere (the
+        checkpointer's): not atomic with it, so the heartbeat also stops a worker that lost its lease."""
         if self.lost:
             raise self._lost("lost")
         async with self.sessionmaker() as db:
             status = (await db.exec(select(SessionRun.status).where(SessionRun.id == self.run_id))).first()
         if status != ACTIVE:
             raise self._lost(status)
+
+
+current_fence: ContextVar[RunFence | None] = ContextVar("robopt_run_fence", default=None)
+_WROTE = "robopt_fence_wrote"
+_installed = False
+
+
+def _mark_flush(session: Session, _context: object) -> None:
+    if current_fence.get() is not None:
+        session.info[_WROTE] = True
+
+
+def _check_before_commit(session: Session) -> None:
+    fence = current_fence.get()
+    if fence is None:
+        return
+    wrote = bool(session.new or session.dirty or session.deleted) or session.info.pop(_WROTE, False)
+    if not wrote:
+        return  # reads, and the run table's own statements (Core updates, never flushed)
+    session.flush()
+    fence.check_in(session)
+
+
+def _forget(session: Session) -> None:
+    session.info.pop(_WROTE, None)
+
+
+def install_fencing() -> None:
+    """Fence the commits of attempts in this process (idempotent; `current_fence` says which)."""
+    global _installed
+    if _installed:
+        return
+    event.listen(Session, "after_flush", _mark_flush)
+    event.listen(Session, "before_commit", _check_before_commit)
+    event.listen(Session, "after_rollback", _forget)
+    event.listen(Session, "after_commit", _forget)
+    _installed = True
