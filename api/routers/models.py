@@ -59,7 +59,6 @@ from state.registry import ModelRecord
 from state.users import User
 from tools.errors import DataMismatchError, UnsafeModelError
 from tools.handle import ArchitectureRef, EvalData, InputSpec
-from tools.runtime import check_inputs
 from tools.signatures import parse_signature
 
 log = logging.getLogger("robopt.models")
@@ -415,6 +414,8 @@ async def _check_eval_against_model(record: ModelRecord, data: EvalData) -> Prob
     argument names, tried once on the model), None when the model already had one.
     """
     if record.input_spec:
+        from tools.runtime import check_inputs  # imports torch: kept off the API's import path
+
         specs = [InputSpec.model_validate(s) for s in record.input_spec]
         try:
             check_inputs(specs, data.inputs)
