@@ -36,6 +36,7 @@ from state.artifacts import ArtifactStore, new_id
 from state.digests import DigestError, content_digest, content_size
 from state.event_log import EventLog
 from state.registry import ModelRecord
+from state.runs import LeaseLost
 from state.sessions import TERMINAL_STATUSES, OptimizationSession, SessionMessage
 from state.settings import Settings
 from state.users import utcnow
@@ -53,6 +54,17 @@ STORED_ONNX_FORM = "onnx"
 class SessionControl:
     cancel: bool = False
     rollback_requests: list[dict[str, Any]] = field(default_factory=list)
+    seen_requests: set[str] = field(default_factory=set)  # request ids queued once already
+
+    def queue_rollbacks(self, stored: list[dict[str, Any]] | None) -> None:
+        """Queue the session row's rollback requests that this control has not queued yet."""
+        for request in stored or []:
+            rid = request.get("request_id")
+            if rid is not None and rid in self.seen_requests:
+                continue
+            if rid is not None:
+                self.seen_requests.add(rid)
+            self.rollback_requests.append(dict(request))
 
 
 class RollbackError(ValueError):
@@ -242,7 +254,19 @@ class SessionRunner:
 
     # -- running -----------------------------------------------------------------------------
 
-    async def run(self, session_id: str) -> None:
+    async def refresh_control(self, session_id: str) -> None:
+        """Take cancel and rollback requests from the session row (the API may be another process)."""
+        async with self.sessionmaker() as db:
+            row = await db.get(OptimizationSession, session_id)
+        if row is None:
+            return
+        control = self.control(session_id)
+        control.cancel = control.cancel or row.cancel_requested
+        control.queue_rollbacks(row.pending_rollbacks)
+
+    async def run(self, session_id: str, attempt: int | None = None) -> None:
+        """Run (or resume) the session; `attempt` is the run table's number for this run (else the
+        row's count + 1). A LeaseLost from any write ends it at once, writing nothing more."""
         loaded = await self._load(session_id)
         if loaded is None:
             return
@@ -253,10 +277,7 @@ class SessionRunner:
         control = self.control(session_id)
         control.cancel = control.cancel or row.cancel_requested
         # Rollbacks asked for before a crash (or while this session waited) are in the row.
-        queued = {r.get("request_id") for r in control.rollback_requests}
-        control.rollback_requests.extend(
-            dict(r) for r in (row.pending_rollbacks or []) if r.get("request_id") not in queued
-        )
+        control.queue_rollbacks(row.pending_rollbacks)
         if model is None:
             await self._fail(session_id, "the model of this session no longer exists")
             return
@@ -272,7 +293,7 @@ class SessionRunner:
         if control.cancel and not resuming:
             await self._cancel_unstarted(session_id)
             return
-        attempt = row.attempts + 1
+        attempt = attempt if attempt is not None else row.attempts + 1
         ctx.attempt = attempt
         async with self.sessionmaker() as db:
             fresh = await db.get(OptimizationSession, session_id)
@@ -315,6 +336,9 @@ class SessionRunner:
                 final = await graph.ainvoke(inputs, config, durability="sync")
         except asyncio.CancelledError:
             log.info("session %s interrupted; it resumes from its checkpoint at the next start", session_id)
+            raise
+        except LeaseLost:
+            log.warning("session %s: attempt %d lost its lease; another worker has it", session_id, attempt)
             raise
         except Exception as err:
             log.exception("session %s failed", session_id)
@@ -520,6 +544,18 @@ class SessionRunner:
             )
         return state
 
+    async def abandon(self, session_id: str, reason: str) -> None:
+        """The executor gave up on the session (its workers kept dying): fail it, keeping partial results."""
+        loaded = await self._load(session_id)
+        if loaded is None or loaded[0].status in TERMINAL_STATUSES:
+            return
+        row, model = loaded
+        state: dict[str, Any] | None = None
+        if model is not None:
+            graph = build_graph(self._context(row, model), checkpointer=self.checkpointer)
+            state = dict((await graph.aget_state(self._config(session_id))).values or {})
+        await self._fail(session_id, f"the session could not be run: {reason}", state)
+
     # -- control from the API ----------------------------------------------------------------
 
     async def request_cancel(self, session_id: str) -> None:
@@ -557,7 +593,7 @@ class SessionRunner:
                 fresh.pending_rollbacks = [*(fresh.pending_rollbacks or []), stored]
                 db.add(fresh)
                 await db.commit()
-            self.control(session_id).rollback_requests.append(stored)
+            self.control(session_id).queue_rollbacks([stored])
             await self.emit(
                 session_id,
                 "rollback",

@@ -1,9 +1,13 @@
 """Start and stop the optimization runtime with the API (called from api.main's lifespan).
 
-`start(app)`: opens the checkpointer, creates the event log, the runner and the in-process executor
-(on `app.state`), and resubmits sessions a dead process left `queued` or `running`: they resume from
-their checkpoints. `stop(app)`: stops the tasks (their sessions stay `running` and resume at the next
-start) and closes the checkpointer.
+`start(app)`: opens the checkpointer, creates the event log, the runner and the executor that
+EXECUTOR names (on `app.state`), and resubmits sessions a dead process left `queued` or `running`:
+they resume from their checkpoints, once the run table says their last attempt is over.
+`stop(app)`: stops the executor (its sessions stay `running` and resume at the next start) and
+closes the checkpointer.
+
+The API's own runner serves requests about sessions (rollback of a finished one); the sessions
+themselves run where the executor puts them (agents/executor.py).
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from fastapi import FastAPI
 from sqlmodel import col, select
 
 from agents import compute
-from agents.executor import InProcessExecutor
+from agents.executor import create_executor
 from agents.runner import SessionRunner
+from agents.worker import fence_checkpoints, run_attempt
 from state.checkpoints import open_checkpointer
 from state.event_log import EventLog
+from state.runs import install_fencing, worker_identity
 from state.sessions import OptimizationSession
 
 log = logging.getLogger("robopt.agents")
@@ -26,9 +32,11 @@ log = logging.getLogger("robopt.agents")
 
 async def start(app: FastAPI) -> None:
     settings = app.state.settings
-    compute.configure(nice=settings.compute_nice, workers=settings.max_concurrent_sessions)
+    if settings.executor == "inprocess":
+        compute.configure(nice=settings.compute_nice, workers=settings.max_concurrent_sessions)
+    install_fencing()
     stack = AsyncExitStack()
-    checkpointer = await open_checkpointer(settings, stack)
+    checkpointer = fence_checkpoints(await open_checkpointer(settings, stack))
     events = EventLog(app.state.sessionmaker)
     runner = SessionRunner(
         settings=settings,
@@ -37,7 +45,13 @@ async def start(app: FastAPI) -> None:
         events=events,
         checkpointer=checkpointer,
     )
-    executor = InProcessExecutor(runner.run, settings.max_concurrent_sessions)
+    worker_id = worker_identity("inprocess")
+
+    async def attempt(session_id: str) -> str:
+        return await run_attempt(runner, settings, session_id, worker_id)
+
+    executor = create_executor(settings, app.state.sessionmaker, attempt, runner.abandon)
+    await executor.start()
     app.state.runtime_stack = stack
     app.state.events = events
     app.state.runner = runner

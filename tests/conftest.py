@@ -59,6 +59,10 @@ _CONTROLLED_ENV_PREFIXES = (
     "DEFAULT_MAX_TRIALS",
     "DEFAULT_TIME_BUDGET",
     "SSE_PING",
+    "EXECUTOR",
+    "RAY_",
+    "RUN_",
+    "WORKER_",
 )
 
 
@@ -167,6 +171,9 @@ def make_settings(data_dir: Path, db_url: str | None = None, **overrides: Any) -
         "llm_model": None,
         "llm_api_base": None,
         "llm_api_key": None,
+        # The app under an in-process test client runs sessions in-process (tests patch that process or
+        # mock its LLM calls); live servers run the default worker-process executor.
+        "executor": "inprocess",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
