@@ -16,10 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tools.arguments import EVAL_METRICS_HELP, EvalMetric
 
 PresetName = Literal["balanced_optimization", "max_compression", "max_speed", "accuracy_first"]
-Technique = Literal["quantization", "pruning", "half_precision"]
+Technique = Literal["quantization", "pruning", "half_precision", "compilation"]
 Device = Literal["cpu", "cuda", "auto"]
 
-TECHNIQUES: tuple[str, ...] = ("quantization", "pruning", "half_precision")
+TECHNIQUES: tuple[str, ...] = ("quantization", "pruning", "half_precision", "compilation")
 
 
 class Preset(BaseModel):
@@ -92,7 +92,8 @@ class Criteria(BaseModel):
     optimization_techniques: list[Technique] = Field(
         default_factory=lambda: ["quantization", "pruning"],
         description="Allowed techniques: quantization (int8/int4 and fp16/bf16 casts), pruning, half_precision "  # noqa: E501
-        "(fp16/bf16 casts only).",
+        "(fp16/bf16 casts only), compilation (compile_model: the static-KV-cache decode runtime of a decoder "
+        "model, compiled; lossless).",
     )
     target_latency_ms: float | None = Field(None, gt=0.0, description="Latency target, p50 at batch 1.")
     device: Device = Field(

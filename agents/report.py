@@ -129,6 +129,8 @@ def _techniques(call: dict[str, Any]) -> list[str]:
         return ["pruning"]
     if call.get("tool") == "distill":
         return ["distillation"]
+    if call.get("tool") == "compile_model":
+        return ["compilation"]
     method = arguments.get("method")
     if method in ("fp16", "bf16"):
         return ["half_precision"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agents.planners.base import TRANSFORM_TOOLS
+from agents.planners.base import COMPILE_TOOL, TRANSFORM_TOOLS
 
 FINISH_TOOL: dict[str, Any] = {
     "type": "function",
@@ -22,10 +22,12 @@ FINISH_TOOL: dict[str, Any] = {
 }
 
 
-def planner_tools() -> list[dict[str, Any]]:
+def planner_tools(*, compilation: bool = False) -> list[dict[str, Any]]:
+    """The transforms, compile_model when the session allows `compilation`, and finish."""
     from tools.registry import tool_definitions
 
-    return [*tool_definitions(list(TRANSFORM_TOOLS)), FINISH_TOOL]
+    names = [*TRANSFORM_TOOLS, *([COMPILE_TOOL] if compilation else [])]
+    return [*tool_definitions(names), FINISH_TOOL]
 
 
 def method_choices() -> dict[str, list[str]]:

@@ -1,6 +1,6 @@
 """Deterministic tools on model artifacts.
 
-    from tools import load_model, inspect_model, quantize, prune, distill, benchmark, evaluate, export
+    from tools import load_model, inspect_model, quantize, prune, distill, compile_model, benchmark, evaluate, export
 
 Every tool takes a `ModelHandle` and returns a new one (or a measurement); inputs are never changed.
 Modules are named for what they hold (`tools.quantization` defines `quantize`), so no submodule
@@ -20,6 +20,9 @@ _EXPORTS: dict[str, str] = {
     "quantize": "tools.quantization",
     "prune": "tools.pruning",
     "distill": "tools.distillation",
+    "compile_model": "tools.compiling",
+    "DecodeRuntime": "tools.decode_runtime",
+    "load_runtime": "tools.decode_runtime",
     "TrainingReport": "tools.distillation",
     "benchmark": "tools.benchmarking",
     "BenchmarkResult": "tools.benchmarking",

@@ -283,7 +283,29 @@ class ExportArgs(_Args):
     path: str = Field(min_length=1, max_length=4096, description="Where to write the file.")
 
 
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+class CompileModelArgs(_Args):
+    """Build the deploy runtime of a decoder model: static KV cache, compiled vision + prefill and decode
+    steps (lossless: the same greedy tokens as the eager model)."""
+
+    device: str = Field(
+        default="cpu",
+        pattern=r"^(cpu|cuda(:[0-9]+)?)$",
+        description="Where the runtime runs and is compiled for: 'cpu' (inductor C++ kernels) or 'cuda' / "
+        "'cuda:N' (Triton kernels; CUDA graphs with mode 'reduce-overhead').",
+    )
+    mode: CompileMode = Field(
+        default="default",
+        description="torch.compile mode. reduce-overhead: each decode step replays as one CUDA graph (the "
+        "fastest at batch 1 on a GPU); default: compiled kernels without CUDA graphs (the choice on a CPU); "
+        "max-autotune: also benchmarks kernel choices (slow to compile).",
+    )
+
+
 ARGUMENTS: dict[str, type[BaseModel]] = {
+    "compile_model": CompileModelArgs,
     "quantize": QuantizeArgs,
     "prune": PruneArgs,
     "distill": DistillArgs,

@@ -3,7 +3,8 @@
 The same models produce the LLM's tool definitions (OpenAI function-calling format) and validate
 every call before it runs, so a call the schema does not allow never reaches a tool.
 
-- `TOOLS` (quantize, prune, distill): the transforms the planner may call. `tool_definitions`,
+- `TOOLS` (quantize, prune, distill, compile_model): the transforms the planner may call (compile_model
+  only in sessions that allow the `compilation` technique: agents.toolset offers it then). `tool_definitions`,
   `validate_call` and `run_tool` serve these only, so the LLM planner's tool list is quantize, prune,
   distill (and its own finish). distill, and quantize with recovery='qat', learn from a teacher (the
   session's original model), passed to `run_tool` beside the arguments: it is no LLM argument.
@@ -24,6 +25,7 @@ from pydantic import BaseModel
 
 from tools.arguments import (
     BenchmarkArgs,
+    CompileModelArgs,
     DistillArgs,
     EvaluateArgs,
     ExportArgs,
@@ -85,6 +87,13 @@ def _run_distill(handle: ModelHandle, args: BaseModel, teacher: ModelHandle | No
             "distill needs the teacher to learn from (the original model): run_tool(..., teacher=handle)"
         )
     return distill(handle, teacher, **a.model_dump())
+
+
+def _run_compile(handle: ModelHandle, args: BaseModel, teacher: ModelHandle | None = None) -> ModelHandle:
+    from tools.compiling import compile_model
+
+    a = CompileModelArgs.model_validate(args.model_dump())
+    return compile_model(handle, device=a.device, mode=a.mode)
 
 
 def _run_inspect(handle: ModelHandle, args: BaseModel, **_context: Any) -> Any:
@@ -164,6 +173,16 @@ TOOLS: dict[str, ToolSpec] = {
         args_model=DistillArgs,
         run=_run_distill,
     ),
+    "compile_model": ToolSpec(
+        name="compile_model",
+        description="Deploy runtime for decoder models (OpenVLA-style VLAs, Llama-style causal LMs): a "
+        "static KV cache written at position tensors, vision + prefill and each decode step compiled "
+        "(inductor; on a GPU with mode 'reduce-overhead' each decode step is one CUDA graph). Lossless: the "
+        "same greedy tokens as the eager model, only faster. Call it last in a trial, after quantize (the "
+        "runtime runs the quantized layers). Not for ONNX models or non-decoder networks.",
+        args_model=CompileModelArgs,
+        run=_run_compile,
+    ),
 }
 
 
@@ -211,7 +230,7 @@ def _spec(name: str, tools: dict[str, ToolSpec] | None = None) -> ToolSpec:
 
 
 def tool_definitions(names: list[str] | None = None) -> list[dict[str, Any]]:
-    """The planner's tool definitions (quantize, prune, distill) in OpenAI function-calling format."""
+    """The planner's tool definitions (quantize, prune, distill, compile_model), OpenAI function-calling format."""
     return [_spec(n).definition() for n in (names if names is not None else list(TOOLS))]
 
 

@@ -11,6 +11,8 @@ from agents.state import Action, Instructions, ToolCall, TrialRecord, VersionRec
 # The transforms a planner may call, by technique; distill is recovery, not compression, and goes with
 # either. Measuring (benchmark, evaluate) is not the planner's job: every candidate is measured by the graph.
 TRANSFORM_TOOLS = ("quantize", "prune", "distill")
+# The deploy runtime (static KV cache, compiled steps): lossless, offered when `compilation` is allowed.
+COMPILE_TOOL = "compile_model"
 HALF_PRECISION_METHODS = ("fp16", "bf16")
 
 
@@ -53,6 +55,10 @@ class Planner(Protocol):
 def check_allowed(call: ToolCall, view: PlannerView) -> str | None:
     """Why a (schema-valid) call breaks the user's criteria or chat constraints; None if it doesn't."""
     allowed = view.allowed_techniques()
+    if call.tool == COMPILE_TOOL:
+        if "compilation" not in allowed:
+            return "compilation (compile_model) is not allowed for this session (criteria or instructions)"
+        return None
     if call.tool not in TRANSFORM_TOOLS:
         return f"'{call.tool}' is not an optimization step; allowed tools: quantize, prune, distill, finish"
     if call.tool == "prune" and "pruning" not in allowed:

@@ -34,7 +34,7 @@ class LLMPlanner:
         self.fallback = fallback
 
     async def next_action(self, view: PlannerView) -> Action:
-        tools = planner_tools()
+        tools = planner_tools(compilation="compilation" in view.allowed_techniques())
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": load_prompt("planner")},
             {"role": "user", "content": context_message(view)},

@@ -35,7 +35,10 @@ where it stopped):
    for presets that value speed, a search on structured pruning (distilled) beyond the size target,
    where a step counts only if the gate accepted it (it must raise the objective, not just keep the
    floor).
-4. Finish when nothing left is expected to help.
+4. Deploy runtime (`compile_model`, when the session allows `compilation` and the model has a decoder):
+   on a GPU first for decoder-heavy models (lossless; the weight formats follow on top of it), elsewhere
+   on the current version once the steps above are done.
+5. Finish when nothing left is expected to help.
 """
 
 from __future__ import annotations
@@ -107,7 +110,11 @@ def decide(view: PlannerView) -> Action:
     if view.instructions.finish_requested:
         return _finish("The user asked to stop; reporting the best version so far.")
     if goal_reached(view.criteria, view.baseline, view.current):
-        action = _fresh(_recovery_step(view, facts), view) or _fresh(_speed_step(view, facts), view)
+        action = (
+            _fresh(_recovery_step(view, facts), view)
+            or _fresh(_speed_step(view, facts), view)
+            or _fresh(_compile_step(view, facts, last=True), view)
+        )
         if action is not None:
             return action
         return _finish(
@@ -118,11 +125,13 @@ def decide(view: PlannerView) -> Action:
         )
     steps = (
         _recovery_step,
+        _compile_step,  # on a GPU, first for decoder-heavy models (lossless)
         _quantization_step,
         _bit_escalation_step,
         _alternative_step,
         _pruning_step,
         _speed_step,
+        lambda v, f: _compile_step(v, f, last=True),  # elsewhere, once compression is done
     )
     for step in steps:
         action = _fresh(step(view, facts), view)
@@ -133,6 +142,55 @@ def decide(view: PlannerView) -> Action:
         f"Nothing left that is expected to help: the current version is {best:.1f}% smaller than the original "  # noqa: E501
         f"with {100 * view.current.accuracy_retained:.2f}% accuracy retained; further steps either cost more "
         "accuracy than the floor allows or are not available for this model and device."
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# The deploy runtime (compile_model): static KV cache, compiled steps; lossless
+# ------------------------------------------------------------------------------------------
+
+DECODER_HEAVY_SHARE = 0.5  # of the Linear parameters in decoder layers: the decode is what costs
+
+
+def _decoder_share(facts: ProfileFacts) -> float | None:
+    """The share of Linear parameters in decoder layers (self-attention + MLP blocks feeding an lm_head), or
+    None when the profile shows no decoder compile_model runs (the vla architecture, Llama-style LMs)."""
+    names = list(facts.quantizable)
+    if not any(n.endswith("self_attn.q_proj") for n in names) or not any("lm_head" in n for n in names):
+        return None
+    total = sum(facts.layer_params.get(n, 0) for n in names) or 1
+    decoder = sum(
+        facts.layer_params.get(n, 0) for n in names if ".self_attn." in n or ".mlp." in n or "lm_head" in n
+    )
+    return decoder / total
+
+
+def _compile_step(view: PlannerView, facts: ProfileFacts, *, last: bool = False) -> Action | None:
+    """compile_model when `compilation` is allowed and the model has a decoder: on a GPU first for
+    decoder-heavy models (same tokens, the decode's per-step overhead gone: CUDA graphs), elsewhere
+    (`last`) on the current version once the compression steps are done; once per lineage."""
+    if "compilation" not in view.allowed_techniques() or view.runtime == "onnx":
+        return None
+    share = _decoder_share(facts)
+    if share is None or any(c.tool == "compile_model" for c in view.current_record.recipe):
+        return None
+    gpu = view.device.startswith("cuda")
+    if not last and not (gpu and share >= DECODER_HEAVY_SHARE):
+        return None
+    mode = "reduce-overhead" if gpu else "default"
+    where = (
+        "on a GPU each decode step replays as one CUDA graph" if gpu else "on a CPU inductor's C++ kernels"
+    )
+    return Action(
+        kind="tool",
+        calls=[ToolCall(tool="compile_model", arguments={"device": "cuda" if gpu else "cpu", "mode": mode})],
+        reasoning=(
+            f"Decoder layers hold {100 * share:.0f}% of the Linear weights: the deploy runtime (static KV "
+            f"cache written at position tensors, vision + prefill and each decode step compiled; {where}) "
+            "gives the same greedy tokens with less overhead per token; the gate keeps it only if it is faster."
+        ),
+        strategy="compile_runtime",
+        meta={"mode": mode},
     )
 
 

@@ -23,17 +23,22 @@ from tools.registry import (
 
 def test_definitions_are_openai_tools() -> None:
     definitions = tool_definitions()
-    assert [d["function"]["name"] for d in definitions] == list(TOOLS) == ["quantize", "prune", "distill"]
+    assert [d["function"]["name"] for d in definitions] == list(TOOLS) == [
+        "quantize", "prune", "distill", "compile_model"
+    ]  # fmt: skip
     for d in definitions:
         assert d["type"] == "function" and d["function"]["description"]
         params = d["function"]["parameters"]
         assert params["type"] == "object" and params["additionalProperties"] is False
-        if d["function"]["name"] != "distill":
+        if d["function"]["name"] not in ("distill", "compile_model"):
             assert "method" in params["required"]
         for prop in params["properties"].values():
             assert prop.get("description"), prop
         json.dumps(d)  # plain JSON
-    quantize_def, prune_def, distill_def = definitions
+    quantize_def, prune_def, distill_def, compile_def = definitions
+    compile_props = compile_def["function"]["parameters"]["properties"]
+    assert compile_props["mode"]["enum"] == ["default", "reduce-overhead", "max-autotune",
+                                             "max-autotune-no-cudagraphs"]  # fmt: skip
     quant = quantize_def["function"]["parameters"]["properties"]
     assert quant["recovery"]["enum"] == ["none", "qat"] and quant["recovery"]["default"] == "none"
     assert quant["size_target"]["anyOf"][0]["exclusiveMaximum"] == 1
@@ -111,12 +116,14 @@ def test_planner_definitions_unchanged_and_full_set_separate() -> None:
     from tools.registry import ALL_TOOLS, all_tool_definitions
 
     assert [d["function"]["name"] for d in planner_tools()] == ["quantize", "prune", "distill", "finish"]
-    assert [d["function"]["name"] for d in tool_definitions()] == ["quantize", "prune", "distill"]
+    assert [d["function"]["name"] for d in tool_definitions()] == ["quantize", "prune", "distill", "compile_model"]
+    # compile_model is offered to the planner only in sessions that allow compilation.
+    assert [d["function"]["name"] for d in planner_tools(compilation=True)][-2:] == ["compile_model", "finish"]
     with pytest.raises(UnknownToolError):
         validate_call("benchmark", {})  # the planner cannot call measuring tools
     definitions = {d["function"]["name"]: d["function"] for d in all_tool_definitions()}
-    assert list(definitions) == list(ALL_TOOLS) == ["quantize", "prune", "distill", "inspect_model",
-                                                    "benchmark", "evaluate", "export"]  # fmt: skip
+    assert list(definitions) == list(ALL_TOOLS) == ["quantize", "prune", "distill", "compile_model",
+                                                    "inspect_model", "benchmark", "evaluate", "export"]  # fmt: skip
     for fn in definitions.values():
         params = fn["parameters"]
         assert fn["description"] and params["type"] == "object" and params["additionalProperties"] is False
