@@ -22,6 +22,8 @@ QuantMethod = Literal[
     "fp16",
     "bf16",
     "static_int8",
+    "fp8_weight_only",
+    "fp8_dynamic",
 ]
 LayerType = Literal["Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding", "MatMul", "Gemm", "Conv", "Gather"]
 _PATTERNS = (
@@ -49,7 +51,9 @@ class QuantizeArgs(_Args):
             "fp16 / bf16: half-precision weights and compute (2x smaller; bf16 for torch only; ONNX keeps "
             "float32 inputs/outputs and float32 where fp16 would overflow). "
             "static_int8: int8 weights and activations calibrated on the evaluation data (ONNX Runtime QDQ; "
-            "torch models are exported to ONNX)."
+            "torch models are exported to ONNX). "
+            "fp8_weight_only / fp8_dynamic: torchao float8 (e4m3) weights, bf16 compute / float8 activations "
+            "too (CUDA GPUs with float8 kernels only: Hopper H100/H200 or Ada, compute capability 8.9+)."
         )
     )
     include: list[str] | None = Field(

@@ -480,6 +480,10 @@ class DecodeRuntime(nn.Module):
                 "the decode runtime is saved as a torch.export program (.pt2) holding its static-cache "
                 "decode; TorchScript cannot trace it"
             )
+        if torch.is_inference_mode_enabled() and not torch.compiler.is_exporting():
+            # Inputs made outside inference mode (the benchmark's) and inside it (evaluate's) differ in
+            # dispatch keys, which a compiled graph guards on: one kind only, no recompile.
+            args = tuple(a if a.is_inference() else a.clone() for a in args)
         if self.view.kind == "vla":
             return self._vla_forward(*args)
         input_ids = args[0]

@@ -15,6 +15,10 @@ Which library does what, chosen by what really shrinks the file and runs on the 
   buffers: the file runs with torch alone), TorchScript's dynamic int8 as torch.ao's layers, fp16 /
   bf16 as a cast of the whole graph including the dtype constants it baked in.
 - bnb_int8 / bnb_nf4: bitsandbytes `Linear8bitLt` / `Linear4bit` swapped in; CUDA only.
+- fp8_weight_only / fp8_dynamic: torchao `Float8WeightOnlyConfig` / `Float8DynamicActivationFloat8WeightConfig`
+  (per-row scales) on the bf16 model; CUDA with compute capability 8.9+ (Ada, Hopper), a typed
+  UnsupportedDeviceError elsewhere. These and the int8 / int4 weight-only formats are the weight formats
+  of the decode runtime: quantize, then `compile_model` (tools.compiling).
 - fp16 / bf16: a cast (excluded layers stay fp32 behind casts); ONNX: fp16 conversion only.
 - static_int8: ONNX Runtime QDQ `quantize_static`, calibrated on the evaluation data (else
   synthesized inputs); torch models are exported to ONNX first.
@@ -50,7 +54,9 @@ from tools.selection import no_layers as _no_layers
 from tools.selection import selected as _selected
 
 METHODS: tuple[str, ...] = get_args(QuantMethod)
-GPU_ONLY = ("weight_only_int4", "bnb_int8", "bnb_nf4")
+GPU_ONLY = ("weight_only_int4", "bnb_int8", "bnb_nf4", "fp8_weight_only", "fp8_dynamic")
+FP8_METHODS = ("fp8_weight_only", "fp8_dynamic")
+FP8_MIN_CAPABILITY = (8, 9)  # float8 matmuls: Ada (8.9) and Hopper (9.0) and later
 BACKENDS = ("auto", "torch", "onnxruntime")
 INT4_GROUP_SIZE = 128
 
@@ -63,6 +69,8 @@ _DEFAULT_TYPES: dict[str, tuple[str, ...]] = {
     "weight_only_int4": ("Linear",),
     "bnb_int8": ("Linear",),
     "bnb_nf4": ("Linear",),
+    "fp8_weight_only": ("Linear",),
+    "fp8_dynamic": ("Linear",),
     "static_int8": ("Linear", "Conv1d", "Conv2d"),
 }
 
@@ -176,6 +184,8 @@ def quantize(
         )
     if method in GPU_ONLY and not (onnx_path and method in ONNX_METHODS):
         _require_cuda(method)
+    if method in FP8_METHODS:
+        _require_fp8(method)
     step["result"] = {}
     options = {"block_size": block_size, "accuracy_target": accuracy_target, "size_target": size_target}
     targets = accuracy_target is not None or size_target is not None
@@ -240,6 +250,17 @@ def _require_cuda(method: str) -> None:
         alternatives = "dynamic_int8, weight_only_int8, fp16, bf16 or static_int8"
         raise UnsupportedDeviceError(
             f"{method} needs a CUDA GPU and this machine has none; on CPU use {alternatives}",
+        )
+
+
+def _require_fp8(method: str) -> None:
+    import torch
+
+    capability = torch.cuda.get_device_capability()
+    if capability < FP8_MIN_CAPABILITY:
+        raise UnsupportedDeviceError(
+            f"{method} needs float8 matmul kernels (compute capability 8.9+: Ada, Hopper); "
+            f"{torch.cuda.get_device_name()} has {capability[0]}.{capability[1]}: use weight_only_int8 or bf16",
         )
 
 
@@ -330,7 +351,11 @@ def _quantize_torch(
     if method == "dynamic_int8" and not device.startswith("cuda"):
         model = _torch_ao_dynamic(model, names)
         backend = "torch.ao"
-    elif method in ("dynamic_int8", "weight_only_int8", "weight_only_int4"):
+    elif method in ("dynamic_int8", "weight_only_int8", "weight_only_int4", *FP8_METHODS):
+        if method in FP8_METHODS:
+            # torchao's float8 kernels compute in bf16 on CUDA.
+            device = device if device.startswith("cuda") else "cuda"
+            model = model.to(device=device, dtype=torch.bfloat16)
         if method == "weight_only_int4":
             device = device if device.startswith("cuda") else "cuda"
             model = model.to(device=device, dtype=torch.bfloat16)
@@ -517,6 +542,18 @@ def _torchao_quantize(model: Any, method: str, names: set[str]) -> None:
 def torchao_config(method: str) -> Any:
     """The torchao config `quantize` applies for `method` (also what a saved model's
     `TorchAoConfig` names, so transformers loads the same weights back)."""
+    if method in FP8_METHODS:
+        try:
+            from torchao.quantization import (
+                Float8DynamicActivationFloat8WeightConfig,
+                Float8WeightOnlyConfig,
+                PerRow,
+            )
+        except ImportError as exc:  # pragma: no cover - torchao is a dependency
+            raise DependencyMissingError(f"{method} needs torchao's float8 configs: {exc}") from exc
+        if method == "fp8_weight_only":
+            return Float8WeightOnlyConfig(set_inductor_config=False)
+        return Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
     try:
         from torchao.quantization import (
             Int4WeightOnlyConfig,

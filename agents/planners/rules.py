@@ -66,8 +66,10 @@ _BITS = {
     "bnb_nf4": 4,
     "fp16": 16,
     "bf16": 16,
+    "fp8_weight_only": 8,
+    "fp8_dynamic": 8,
 }
-_GPU_ONLY = {"weight_only_int4", "bnb_int8", "bnb_nf4"}
+_GPU_ONLY = {"weight_only_int4", "bnb_int8", "bnb_nf4", "fp8_weight_only", "fp8_dynamic"}
 _CPU_ONLY = {"dynamic_int8", "static_int8"}
 # ONNX Runtime methods and how much each may lose, least first (fp16 runs no faster on a CPU: last).
 _ORT_METHODS = ("dynamic_int8", "static_int8", "weight_only_int4", "fp16")
@@ -216,6 +218,7 @@ def ranked_quant_methods(view: PlannerView, facts: ProfileFacts) -> list[tuple[s
         ]
         int8 = [
             ("weight_only_int8", "int8 weight-only halves the weight bytes again over 16-bit"),
+            ("fp8_weight_only", "float8 weights (Hopper/Ada kernels) halve the weight bytes over bf16"),
             ("bnb_int8", "bitsandbytes int8 is the 8-bit fallback"),
         ]
         halves = [(half, f"{half} halves size and memory traffic at almost no accuracy cost on a GPU")]

@@ -48,7 +48,7 @@ def test_definitions_are_openai_tools() -> None:
     assert distill_def["function"]["parameters"].get("required", []) == []
     methods = quantize_def["function"]["parameters"]["properties"]["method"]["enum"]
     assert set(methods) == {"dynamic_int8", "weight_only_int8", "weight_only_int4", "bnb_int8", "bnb_nf4",
-                            "fp16", "bf16", "static_int8"}  # fmt: skip
+                            "fp16", "bf16", "static_int8", "fp8_weight_only", "fp8_dynamic"}  # fmt: skip
     amount = prune_def["function"]["parameters"]["properties"]["amount"]
     assert amount["exclusiveMinimum"] == 0 and amount["exclusiveMaximum"] == 1
     assert prune_def["function"]["parameters"]["properties"]["scope"]["enum"] == ["global", "per_layer"]
