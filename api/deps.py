@@ -10,6 +10,7 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from api.auth_cache import AuthCache
 from api.errors import ApiError
 from api.log import security_event
 from api.security import InvalidTokenError, decode_access_token
@@ -46,17 +47,24 @@ def unauthorized(message: str = "Invalid or expired token") -> ApiError:
     return ApiError(401, "unauthorized", message, headers=_UNAUTHORIZED_HEADERS)
 
 
-async def get_current_user(request: Request, token: TokenDep, db: DbDep) -> User:
+async def get_current_user(request: Request, token: TokenDep) -> User:
     if not token:
         raise unauthorized("Not authenticated: send 'Authorization: Bearer <token>'")
+    cache: AuthCache = request.app.state.auth_cache
+    hit = cache.get(token)
+    if hit is not None:  # seen and checked within AUTH_CACHE_TTL_S, nothing invalidated it since
+        request.state.token_claims = hit.claims
+        return hit.user
     try:
         claims = decode_access_token(request.app.state.jwt_secret, token)
     except InvalidTokenError as exc:
         security_event("token_rejected", reason=str(exc), client=_client(request), path=request.url.path)
         raise unauthorized() from exc
-    # One round trip for the user and the revocation check: every authenticated request pays it.
+    generation = cache.generation
+    # One round trip for the user and the revocation check, on a cache miss only.
     revoked = select(RevokedToken.jti).where(RevokedToken.jti == claims.jti).exists()
-    row = (await db.exec(select(User, revoked).where(User.id == claims.sub))).first()
+    async with request.app.state.sessionmaker() as db:
+        row = (await db.exec(select(User, revoked).where(User.id == claims.sub))).first()
     user, is_revoked = row if row is not None else (None, False)
     if is_revoked:
         security_event("revoked_token_used", user_id=claims.sub, client=_client(request))
@@ -64,8 +72,16 @@ async def get_current_user(request: Request, token: TokenDep, db: DbDep) -> User
     if user is None or not user.is_active:
         security_event("inactive_or_unknown_user_token", user_id=claims.sub, client=_client(request))
         raise unauthorized("User is unknown or disabled")
+    cache.put(token, claims, user, generation)
     request.state.token_claims = claims
     return user
+
+
+def get_auth_cache(request: Request) -> AuthCache:
+    return request.app.state.auth_cache
+
+
+AuthCacheDep = Annotated[AuthCache, Depends(get_auth_cache)]
 
 
 CurrentUser = Annotated[User, Depends(get_current_user)]

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from sqlmodel import select
 
-from api import __version__
+from api import __version__, replication
 from api.errors import install_error_handlers
 from api.log import configure_logging, security_event
 from api.metrics import Metrics
@@ -141,6 +141,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sessionmaker = session_factory(app.state.engine)
     app.state.store = ArtifactStore(settings.artifacts_dir)
     app.state.started_at = time.monotonic()
+    await replication.start(app)  # the event bus and the auth cache (issue 14)
     _remove_stale_partial_uploads(settings)
     await bootstrap_admin(app)
     # Expired resumable uploads are swept now and then every UPLOAD_CLEANUP_INTERVAL_S.
@@ -148,6 +149,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     runtime = _runtime_module()
     if runtime is not None:
         await runtime.start(app)
+    replication.attach_event_log(app)
     log.info(
         "robopt %s ready (%s, data in %s)", __version__, settings.environment, settings.data_dir.resolve()
     )
@@ -159,6 +161,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await cleanup
         if runtime is not None:
             await runtime.stop(app)
+        await replication.stop(app)
         await app.state.engine.dispose()
 
 

@@ -2,9 +2,11 @@
 
 Each event's SSE `id` is its `seq` in the persisted log, so a client that reconnects with
 `Last-Event-ID` gets exactly what it missed. Live events arrive through the event log's in-process
-fan-out; the database is re-read whenever that queue is quiet for a second (events written by
-another process) or overflowed. The stream ends after an `end` event once nothing follows it.
-Disconnecting only ends this generator; the session runs on in its own task.
+fan-out; events written by another process (a session worker, another API replica) arrive as a
+wake-up from the event bus (state/event_bus.py), after which the log is re-read. The log is also
+re-read when the queue overflowed, and when it was quiet for EVENT_REREAD_S (a safety net). The
+stream ends after an `end` event once nothing follows it. Disconnecting only ends this generator;
+the session runs on in its own task.
 """
 
 from __future__ import annotations
@@ -14,10 +16,8 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from state.event_log import OVERFLOW, EventLog, EventRecord
+from state.event_log import OVERFLOW, WAKE, EventLog, EventRecord
 from state.sessions import TERMINAL_STATUSES, OptimizationSession
-
-POLL_S = 1.0
 
 
 def _sse(record: EventRecord) -> dict[str, Any]:
@@ -48,10 +48,10 @@ async def session_events(
                     return
                 continue
             try:
-                item = await asyncio.wait_for(queue.get(), timeout=POLL_S)
+                item = await asyncio.wait_for(queue.get(), timeout=events.reread_s)
             except TimeoutError:
                 continue
-            if item is OVERFLOW:
+            if item is OVERFLOW or item is WAKE:
                 continue
             if isinstance(item, EventRecord) and item.seq == last + 1:
                 last = item.seq

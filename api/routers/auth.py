@@ -154,6 +154,7 @@ async def logout(request: Request, user: CurrentUser, db: DbDep) -> LogoutRespon
     if await db.get(RevokedToken, claims.jti) is None:
         db.add(RevokedToken(jti=claims.jti, user_id=user.id, expires_at=claims.expires_at))
     await db.commit()
+    await request.app.state.auth_cache.revoke_token(claims.jti)  # here now, other replicas via the bus
     return LogoutResponse(revoked=True)
 
 

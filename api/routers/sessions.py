@@ -8,8 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Header, Query, Request
-from sqlalchemy import func
+from fastapi import APIRouter, Header, Query, Request, Response
+from sqlalchemy import bindparam, func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sse_starlette import EventSourceResponse
@@ -224,22 +224,49 @@ async def list_sessions(
     )
 
 
+# The status poll is the hottest read: one Core query of just these columns (not the ORM row with
+# its results snapshot), without aiosqlite's thread hops on SQLite (state/fast_reads.py), and the
+# body serialized once by pydantic-core.
+_STATUS_QUERY = select(
+    OptimizationSession.id,
+    OptimizationSession.owner_id,
+    OptimizationSession.status,
+    OptimizationSession.progress_percentage,
+    OptimizationSession.current_step,
+    OptimizationSession.trials_done,
+    OptimizationSession.criteria,
+    OptimizationSession.best,
+    OptimizationSession.model_id,
+    OptimizationSession.planner,
+    OptimizationSession.selected_version,
+    OptimizationSession.result_model_id,
+    OptimizationSession.error,
+    OptimizationSession.cancel_requested,
+    OptimizationSession.created_at,
+    OptimizationSession.started_at,
+    OptimizationSession.finished_at,
+    OptimizationSession.updated_at,
+).where(OptimizationSession.id == bindparam("session_id"))  # one statement object: compiled once
+
+
 @router.get(
     "/sessions/{session_id}/status",
     response_model=SessionStatus,
     summary="Session status",
     responses=error_responses(401, 404),
 )
-async def session_status(session_id: str, user: CurrentUser, db: DbDep) -> SessionStatus:
-    row = await get_owned_session(db, session_id, user)
-    return SessionStatus(
+async def session_status(session_id: str, request: Request, user: CurrentUser) -> Response:
+    row = await request.app.state.fast_reader.first(_STATUS_QUERY, {"session_id": session_id})
+    if row is None or (user.role != "admin" and row.owner_id != user.id):
+        raise ApiError(404, "not_found", "Session not found")
+    body = SessionStatus(
         session_id=row.id,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         progress_percentage=row.progress_percentage,
         current_step=row.current_step,
         trials_done=row.trials_done,
         max_trials=(row.criteria or {}).get("max_trials"),
-        best_so_far=row.best,  # type: ignore[arg-type]
+        best_so_far=row.best,
         model_id=row.model_id,
         planner=row.planner,
         selected_version=row.selected_version,
@@ -251,6 +278,8 @@ async def session_status(session_id: str, user: CurrentUser, db: DbDep) -> Sessi
         finished_at=row.finished_at,
         updated_at=row.updated_at,
     )
+    # Returned as bytes: FastAPI would otherwise validate and serialize the model a second time.
+    return Response(body.model_dump_json(), media_type="application/json")
 
 
 @router.post(

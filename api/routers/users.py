@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from api.deps import AdminUser, DbDep
+from api.deps import AdminUser, AuthCacheDep, DbDep
 from api.errors import ApiError, error_responses
 from api.log import security_event
 from api.schemas.users import UserCreate, UserList, UserPublic, UserUpdate
@@ -61,7 +61,9 @@ async def list_users(
     summary="Change a user's role, password or active flag",
     responses=error_responses(401, 403, 404, 409, 422),
 )
-async def update_user(user_id: str, body: UserUpdate, admin: AdminUser, db: DbDep) -> UserPublic:
+async def update_user(
+    user_id: str, body: UserUpdate, admin: AdminUser, db: DbDep, auth_cache: AuthCacheDep
+) -> UserPublic:
     user = await db.get(User, user_id)
     if user is None:
         raise ApiError(404, "not_found", "User not found")
@@ -77,6 +79,8 @@ async def update_user(user_id: str, body: UserUpdate, admin: AdminUser, db: DbDe
     db.add(user)
     await db.commit()
     await db.refresh(user)
+    # Cached lookups of this user end now (role, disable), on every replica through the event bus.
+    await auth_cache.invalidate_user(user.id)
     security_event(
         "user_updated",
         by=admin.id,
