@@ -35,7 +35,7 @@ def compile_model(handle: ModelHandle, *, device: str = "cpu", mode: str = "defa
     check_arguments("compile_model", device=device, mode=mode)
     import torch
 
-    from tools.decode_runtime import DecodeRuntime, decoder_view
+    from tools.decode_runtime import DecodeRuntime, decode_runtime, decoder_view
 
     if handle.runtime != "torch":
         raise UnsupportedFormatError(
@@ -60,7 +60,7 @@ def compile_model(handle: ModelHandle, *, device: str = "cpu", mode: str = "defa
     model = copy_model(eager).eval()
     if str(handle.device) != device:
         model = model.to(device)
-    runtime = DecodeRuntime(model, compile=True, mode=mode)
+    runtime = decode_runtime(model, compile=True, mode=mode)
     started = time.perf_counter()
     _warm_up(handle, runtime, device)
     compile_s = time.perf_counter() - started

@@ -196,7 +196,7 @@ class DecodeRuntime(nn.Module):
     # -- copies: the compiled functions and caches belong to one instance -------------------------
 
     def __deepcopy__(self, memo: dict[int, Any]) -> DecodeRuntime:
-        clone = DecodeRuntime.__new__(DecodeRuntime)
+        clone = type(self).__new__(type(self))
         nn.Module.__init__(clone)
         clone.model = copy.deepcopy(self.model, memo)
         clone.compile_enabled, clone.mode, clone.max_len = self.compile_enabled, self.mode, self.max_len
@@ -474,7 +474,7 @@ class DecodeRuntime(nn.Module):
 
     # -- the wrapped model's contract ------------------------------------------------------------
 
-    def forward(self, *args: torch.Tensor) -> Any:
+    def run(self, *args: torch.Tensor) -> Any:
         if torch.jit.is_tracing():
             raise UnsupportedFormatError(
                 "the decode runtime is saved as a torch.export program (.pt2) holding its static-cache "
@@ -504,6 +504,45 @@ class DecodeRuntime(nn.Module):
             "dtype": str(dtype).removeprefix("torch."),
             "device": str(device),
         }
+
+
+class VLADecodeRuntime(DecodeRuntime):
+    """forward(images_a, images_b, instruction_ids) -> action-bin logits, as the VLA's."""
+
+    def forward(
+        self, images_a: torch.Tensor, images_b: torch.Tensor, instruction_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return self.run(images_a, images_b, instruction_ids)  # type: ignore[no-any-return]
+
+
+class TextDecodeRuntime(DecodeRuntime):
+    """forward(input_ids, attention_mask) -> {"logits"}, as the transformers module's."""
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        return self.run(input_ids, attention_mask)
+
+
+class TokenIdsDecodeRuntime(DecodeRuntime):
+    """forward(input_ids) -> {"logits"}."""
+
+    def forward(self, input_ids: torch.Tensor) -> Any:
+        return self.run(input_ids)
+
+
+def decode_runtime(model: nn.Module, **options: Any) -> DecodeRuntime:
+    """The runtime around `model`, its forward named as the model's inputs (exporters bind them by name).
+    `options`: compile, mode, max_len (see DecodeRuntime)."""
+    view, _ = decoder_view(model)
+    if view.kind == "vla":
+        return VLADecodeRuntime(model, **options)
+    names = list(getattr(model, "input_names", ["input_ids", "attention_mask"]))
+    if names == ["input_ids"]:
+        return TokenIdsDecodeRuntime(model, **options)
+    if names != ["input_ids", "attention_mask"]:
+        raise UnsupportedFormatError(
+            f"the decode runtime takes input_ids (and attention_mask); this model's inputs are {names}"
+        )
+    return TextDecodeRuntime(model, **options)
 
 
 def load_runtime(path: Path | str, *, device: str = "cpu", mode: str | None = "default") -> Any:
