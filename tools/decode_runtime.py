@@ -189,7 +189,7 @@ class DecodeRuntime(nn.Module):
         self.compile_enabled = compile
         self.mode = mode
         self.max_len = max_len
-        self.view, self._decoder = decoder_view(model, max_len=max_len)
+        self.view = decoder_view(model, max_len=max_len)[0]
         self._compiled: dict[str, Any] = {}
         self._state: dict[tuple[Any, ...], Any] = {}  # caches, positions, rope tables per batch / device
 
@@ -200,7 +200,7 @@ class DecodeRuntime(nn.Module):
         nn.Module.__init__(clone)
         clone.model = copy.deepcopy(self.model, memo)
         clone.compile_enabled, clone.mode, clone.max_len = self.compile_enabled, self.mode, self.max_len
-        clone.view, clone._decoder = decoder_view(clone.model, max_len=self.max_len)
+        clone.view = decoder_view(clone.model, max_len=self.max_len)[0]
         clone._compiled, clone._state = {}, {}
         clone.train(self.training)
         return clone
@@ -217,6 +217,12 @@ class DecodeRuntime(nn.Module):
     # -- what it runs ---------------------------------------------------------------------------
 
     @property
+    def _decoder(self) -> Any:
+        """The module holding the decoder (the VLA, or the transformers LM inside its wrapper); not a
+        registered submodule, so the state dict holds each weight once, under `model.`."""
+        return self.view.root
+
+    @property
     def decoding(self) -> str:
         if self.view.kind == "vla":
             return str(self._decoder.decoding)
@@ -228,10 +234,12 @@ class DecodeRuntime(nn.Module):
 
     def _fn(self, name: str) -> Any:
         """The step `name` (compiled once per instance when compiling is on)."""
+        if torch.compiler.is_exporting():
+            return getattr(self, f"_{name}_impl")  # torch.export traces the plain steps
         fn = self._compiled.get(name)
         if fn is None:
             impl = getattr(self, f"_{name}_impl")
-            if self.compile_enabled and not torch.compiler.is_exporting():
+            if self.compile_enabled:
                 fn = torch.compile(impl, mode=None if self.mode == "default" else self.mode, fullgraph=False)
             else:
                 fn = impl

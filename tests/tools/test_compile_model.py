@@ -1,0 +1,86 @@
+"""compile_model on CPU (inductor): the compiled static-cache runtime gives vla-mini's eager action tokens,
+records itself in the recipe, and refuses what it cannot compile with typed errors.
+
+Inductor compiles slowly on a small CPU, so the runtime is compiled once for the module and called at
+batch 1 (the deploy shape; one compiled prefill and one decode step serve all 100 inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.tools.conftest import mlp_handle
+from tests.tools.test_decode_runtime import SAMPLES, vla_handle
+from tools import compile_model
+from tools.decode_runtime import DecodeRuntime
+from tools.errors import InvalidArgumentError, UnsupportedDeviceError, UnsupportedFormatError
+from tools.handle import ModelHandle
+from tools.runtime import forward, synthesize_inputs
+
+
+@pytest.fixture(scope="module")
+def eager() -> ModelHandle:
+    return vla_handle(decoding="autoregressive")
+
+
+@pytest.fixture(scope="module")
+def compiled(eager: ModelHandle) -> ModelHandle:
+    return compile_model(eager, device="cpu", mode="default")
+
+
+def test_compiled_runtime_gives_the_eager_action_tokens_for_100_inputs(
+    eager: ModelHandle, compiled: ModelHandle
+) -> None:
+    data = synthesize_inputs(eager.inputs, SAMPLES, seed=11)
+    want = forward(eager, data).argmax(-1)
+    got = np.concatenate(
+        [forward(compiled, {k: v[i : i + 1] for k, v in data.items()}).argmax(-1) for i in range(SAMPLES)]
+    )
+    assert got.shape == (SAMPLES, 7)
+    assert np.array_equal(got, want)
+
+
+def test_step_records_the_runtime_and_the_input_is_untouched(eager: ModelHandle, compiled: ModelHandle) -> None:
+    assert isinstance(compiled.model, DecodeRuntime) and not isinstance(eager.model, DecodeRuntime)
+    assert compiled.model.model is not eager.model
+    step = compiled.recipe[-1]
+    assert step["tool"] == "compile_model" and step["device"] == "cpu" and step["mode"] == "default"
+    result = step["result"]
+    assert result["runtime"] == "static_kv_cache" and result["decoding"] == "autoregressive"
+    assert result["compiled"] is True and result["backend"] == "inductor" and result["cuda_graphs"] is False
+    assert result["compile_s"] > 0 and "load_runtime" in result["loader"]
+    # Same weights: the state dict is the eager model's under `model.`.
+    assert set(compiled.model.state_dict()) == {f"model.{k}" for k in eager.model.state_dict()}
+
+
+def test_bad_input_gets_typed_errors(eager: ModelHandle) -> None:
+    with pytest.raises(UnsupportedFormatError, match="decoder"):
+        compile_model(mlp_handle(), device="cpu")
+    with pytest.raises(InvalidArgumentError, match="mode"):
+        compile_model(eager, device="cpu", mode="fastest")
+    with pytest.raises(InvalidArgumentError, match="device"):
+        compile_model(eager, device="tpu")
+    onnx_model = pytest.importorskip("onnx").helper.make_model(
+        pytest.importorskip("onnx").helper.make_graph([], "empty", [], [])
+    )
+    onnx_handle = ModelHandle(runtime="onnx", format="onnx", model=onnx_model, inputs=[])
+    with pytest.raises(UnsupportedFormatError, match="ONNX"):
+        compile_model(onnx_handle, device="cpu")
+    traced = torch.jit.trace(mlp_handle().model, torch.zeros(1, 64))
+    script = ModelHandle(runtime="torch", format="torchscript", model=traced, inputs=mlp_handle().inputs)
+    with pytest.raises(UnsupportedFormatError, match="graph"):
+        compile_model(script, device="cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UnsupportedDeviceError, match="CUDA"):
+            compile_model(eager, device="cuda", mode="reduce-overhead")
+
+
+def test_gpu_weight_formats_are_typed_errors_on_cpu(eager: ModelHandle) -> None:
+    from tools import quantize
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the formats run (scripts/gpu_check.py measures them)")
+    for method in ("weight_only_int4", "fp8_weight_only", "fp8_dynamic", "bnb_nf4", "bnb_int8"):
+        with pytest.raises(UnsupportedDeviceError, match="CUDA"):
+            quantize(eager, method)
