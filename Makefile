@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve demo test lint eval-smoke bench-upload bench-tus bench-status bench-libraries gpu-check clean
+.PHONY: install serve demo test lint eval-smoke bench-upload bench-tus bench-status bench-libraries gpu-check clean ray-up ray-down
 
 install: $(STAMP)
 
@@ -59,6 +59,15 @@ bench-libraries: install
 
 gpu-check: install
 	$(BIN)/python scripts/gpu_check.py
+
+# A local Ray head for EXECUTOR=ray (then RAY_ADDRESS=127.0.0.1:$(RAY_PORT) make serve); ray-down stops
+# this machine's Ray processes.
+RAY_PORT ?= 6379
+ray-up: install
+	$(BIN)/ray start --head --port=$(RAY_PORT) --include-dashboard=false --disable-usage-stats
+
+ray-down:
+	$(BIN)/ray stop
 
 clean:
 	rm -rf $(VENV) .pytest_cache eval-out test-output

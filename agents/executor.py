@@ -246,14 +246,15 @@ class RayExecutor:
             await asyncio.to_thread(
                 ray.init, address=self._settings.ray_address, namespace="robopt", log_to_driver=True
             )
-        self._remote = ray.remote(ray_session)
+        # A fresh worker process per session: no OpenMP team or memory carried from one to the next.
+        self._remote = ray.remote(max_calls=1)(ray_session)
         resources = ray.cluster_resources()
         log.info("Ray executor on %s: %s", self._settings.ray_address or "a local cluster", resources)
 
     def submit(self, session_id: str) -> None:
         if session_id in self._tasks and not self._tasks[session_id].done():
             return
-        task = asyncio.create_task(self._run(session_id), name=f"session-{session_id}")
+        task = asyncio.create_task(self._guarded(session_id), name=f"session-{session_id}")
         self._tasks[session_id] = task
         task.add_done_callback(lambda _t, sid=session_id: self._tasks.pop(sid, None))
 
@@ -280,7 +281,6 @@ class RayExecutor:
             num_gpus=1 if gpu else 0,
             max_retries=self._settings.run_max_attempts - 1,  # on a dead worker or node; not on errors
             retry_exceptions=False,
-            max_calls=1,  # a fresh worker process per session: no OpenMP team or memory carried over
             name=f"robopt-session-{session_id[:8]}",
         ).remote(settings_payload(self._settings), session_id)
         self._refs[session_id] = ref
@@ -297,6 +297,15 @@ class RayExecutor:
                 )
         finally:
             self._refs.pop(session_id, None)
+
+    async def _guarded(self, session_id: str) -> None:
+        try:
+            await self._run(session_id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # could not even hand it to Ray: say so rather than stay `queued`
+            log.exception("session %s: could not be submitted to Ray", session_id)
+            await self._abandon(session_id, f"it could not be submitted to Ray: {type(err).__name__}: {err}")
 
     def is_running(self, session_id: str) -> bool:
         task = self._tasks.get(session_id)
