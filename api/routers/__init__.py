@@ -22,5 +22,9 @@ def all_routers() -> list[APIRouter]:
     routers = [monitoring.router, auth.router, users.router, models.router, uploads.router]
     for name in OPTIONAL_ROUTER_MODULES:
         if importlib.util.find_spec(name) is not None:
-            routers.append(importlib.import_module(name).router)
+            module = importlib.import_module(name)
+            routers.append(module.router)
+            hot = getattr(module, "hot_router", None)
+            if hot is not None:  # hot paths first: routes are matched in order
+                routers.insert(0, hot)
     return routers
