@@ -5,8 +5,9 @@
 Starts `python -m api` on a free port with a temporary DATA_DIR and the embedded defaults (SQLite,
 the in-process executor, the rules planner), logs in and uploads two MLP policies (state dicts with
 their architecture). A short session on the small one finishes first: its status is what the idle
-scenarios poll. Then `--clients` clients (one httpx.AsyncClient, so one keep-alive connection, each)
-poll GET /sessions/{id}/status for `--seconds` in five scenarios, side by side in one run:
+scenarios poll. Then `--clients` clients (one keep-alive connection each, all in this one asyncio
+process: bench/lean_http.py, since httpx used about as much CPU per request as the server) poll
+GET /sessions/{id}/status for `--seconds` in these scenarios, side by side in one run:
 
 - idle, paced:         no session running; each client polls every `--interval` s (random phase)
 - session, paced:      the same while a max_compression session runs on the wide MLP (its status)
@@ -15,6 +16,9 @@ poll GET /sessions/{id}/status for `--seconds` in five scenarios, side by side i
 - session, paced, nice 0: the baseline, on a second server started with COMPUTE_NICE=0 (session
                           compute at the server's own priority, as before agents/compute.py);
                           `--no-baseline` skips it
+- two replicas, session, paced / back-to-back: two servers on one database (the same DATA_DIR's
+                          SQLite, or `--database-url`), the session running on the first, the
+                          clients split evenly between them; `--no-replicas` skips them
 
 Paced polling is what a client watching a session does; back-to-back shows the server's capacity
 (there, latency is mostly queueing: clients / throughput). The target (ARCHITECTURE.md, "Targets")
@@ -34,14 +38,15 @@ import re
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psutil
 import torch
+from lean_http import LeanConnection, LeanHttpError  # bench/lean_http.py, next to this script
 from live import LiveServer, ServerError, live_server  # bench/live.py, next to this script
 
 from tools.architectures import build_model
@@ -143,16 +148,18 @@ def cpu_times(process: psutil.Process) -> tuple[float, float]:
 
 
 async def poll(
-    url: str,
+    urls: list[str],
+    path: str,
     headers: dict[str, str],
     clients: int,
     seconds: float,
     interval: float,
     result: Result,
 ) -> None:
-    """`clients` clients poll `url` for `seconds`, each on its own connection (opened beforehand)."""
+    """`clients` clients poll `path` for `seconds`, each on its own connection (opened beforehand),
+    spread round-robin over the servers at `urls`."""
 
-    async def one_client(client: httpx.AsyncClient, stop_at: float) -> None:
+    async def one_client(conn: LeanConnection, stop_at: float) -> None:
         next_at = time.perf_counter() + (random.uniform(0, interval) if interval else 0)
         while True:
             if interval:
@@ -163,35 +170,34 @@ async def poll(
             if sent >= stop_at:
                 return
             try:
-                r = await client.get(url)
+                status, body = await conn.get(path)
                 result.latencies_ms.append((time.perf_counter() - sent) * 1000)
-                ok = r.status_code == 200
+                ok = status == 200
                 if ok:
-                    result.session_states.add(r.json()["status"])
-            except httpx.HTTPError:
+                    result.session_states.add(orjson.loads(body)["status"])
+            except (OSError, asyncio.IncompleteReadError, LeanHttpError):
                 result.latencies_ms.append((time.perf_counter() - sent) * 1000)
                 ok = False
+                await conn.close()  # reconnects on the next request
             if not ok:
                 result.errors += 1
             next_at = max(next_at + interval, time.perf_counter()) if interval else 0
 
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with AsyncExitStack() as stack:
-        pool = [
-            await stack.enter_async_context(httpx.AsyncClient(headers=headers, limits=limits, timeout=30))
-            for _ in range(clients)
-        ]
+    pool = [LeanConnection(urls[i % len(urls)], headers) for i in range(clients)]
+    try:
         # Open every connection before the clock runs (a few at a time: no connect storm).
         for i in range(0, clients, 10):
-            await asyncio.gather(*(c.get(url) for c in pool[i : i + 10]))
+            await asyncio.gather(*(c.get(path) for c in pool[i : i + 10]))
         started = time.perf_counter()
         await asyncio.gather(*(one_client(c, started + seconds) for c in pool))
         result.elapsed_s = time.perf_counter() - started
+    finally:
+        await asyncio.gather(*(c.close() for c in pool))
 
 
 def run_scenario(
     name: str,
-    server: LiveServer,
+    servers: list[LiveServer],
     client: httpx.Client,
     headers: dict[str, str],
     session_id: str,
@@ -199,53 +205,60 @@ def run_scenario(
     interval: float,
 ) -> Result:
     result = Result(name)
-    url = f"{server.base_url}/sessions/{session_id}/status"
-    server_proc, me = psutil.Process(server.pid), psutil.Process()
-    before = server_histogram(client, headers)
-    s_all0, s_main0 = cpu_times(server_proc)
+    path = f"/sessions/{session_id}/status"
+    procs, me = [psutil.Process(s.pid) for s in servers], psutil.Process()
+    clients = [httpx.Client(base_url=s.base_url, timeout=60) for s in servers]
+    before = [server_histogram(c, headers) for c in clients]
+    cpu0 = [cpu_times(p) for p in procs]
     c0 = sum(me.cpu_times()[:2])
-    asyncio.run(poll(url, headers, args.clients, args.seconds, interval, result))
-    s_all1, s_main1 = cpu_times(server_proc)
+    asyncio.run(
+        poll([s.base_url for s in servers], path, headers, args.clients, args.seconds, interval, result)
+    )
+    cpu1 = [cpu_times(p) for p in procs]
     c1 = sum(me.cpu_times()[:2])
-    after = server_histogram(client, headers)
+    after = [server_histogram(c, headers) for c in clients]
+    for c in clients:
+        c.close()
     wall = result.elapsed_s
-    result.server_cpu_pct = 100 * (s_all1 - s_all0) / wall
-    result.server_main_cpu_pct = 100 * (s_main1 - s_main0) / wall
+    result.server_cpu_pct = 100 * sum(b[0] - a[0] for a, b in zip(cpu0, cpu1, strict=True)) / wall
+    result.server_main_cpu_pct = 100 * sum(b[1] - a[1] for a, b in zip(cpu0, cpu1, strict=True)) / wall
     result.client_cpu_pct = 100 * (c1 - c0) / wall
-    count = after[0] - before[0]
+    count = sum(a[0] - b[0] for a, b in zip(after, before, strict=True))
     if count:
-        result.server_mean_ms = 1000 * (after[1] - before[1]) / count
-        result.server_under_50_pct = 100 * (after[2] - before[2]) / count
+        result.server_mean_ms = 1000 * sum(a[1] - b[1] for a, b in zip(after, before, strict=True)) / count
+        result.server_under_50_pct = (
+            100 * sum(a[2] - b[2] for a, b in zip(after, before, strict=True)) / count
+        )
     return result
 
 
 def print_table(results: list[Result], clients: int, p99_ms: float) -> None:
     print(
-        f"\n{'scenario':<24}{'requests':>9}{'req/s':>9}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>9}{'errors':>8}"
+        f"\n{'scenario':<28}{'requests':>9}{'req/s':>9}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>9}{'errors':>8}"
         f"   (latency ms, {clients} clients)"
     )
     for r in results:
         print(
-            f"{r.scenario:<24}{len(r.latencies_ms):>9}{len(r.latencies_ms) / r.elapsed_s:>9.0f}"
+            f"{r.scenario:<28}{len(r.latencies_ms):>9}{len(r.latencies_ms) / r.elapsed_s:>9.0f}"
             f"{r.pct(50):>8.1f}{r.pct(90):>8.1f}{r.pct(99):>8.1f}{max(r.latencies_ms, default=0):>9.1f}"
             f"{r.errors:>8}   p99<{p99_ms:g}: {'yes' if r.pct(99) < p99_ms else 'NO'}"
         )
     print(
-        f"\n{'scenario':<24}{'in-app mean':>12}{'in-app <50ms':>13}{'server CPU':>11}{'loop thread':>12}"
+        f"\n{'scenario':<28}{'in-app mean':>12}{'in-app <50ms':>13}{'server CPU':>11}{'loop thread':>12}"
         f"{'client CPU':>11}   session states seen"
     )
     for r in results:
         mean = f"{r.server_mean_ms:.1f} ms" if r.server_mean_ms is not None else "-"
         under = f"{r.server_under_50_pct:.1f}%" if r.server_under_50_pct is not None else "-"
         print(
-            f"{r.scenario:<24}{mean:>12}{under:>13}{r.server_cpu_pct:>10.0f}%{r.server_main_cpu_pct:>11.0f}%"
+            f"{r.scenario:<28}{mean:>12}{under:>13}{r.server_cpu_pct:>10.0f}%{r.server_main_cpu_pct:>11.0f}%"
             f"{r.client_cpu_pct:>10.0f}%   {','.join(sorted(r.session_states))}"
         )
 
 
 def session_scenario(
     name: str,
-    server: LiveServer,
+    servers: list[LiveServer],
     client: httpx.Client,
     headers: dict[str, str],
     model_id: str,
@@ -256,7 +269,7 @@ def session_scenario(
     slow_id = start_session(client, headers, model_id, SLOW)
     wait_status(client, headers, slow_id, ("running",), timeout_s=60)
     time.sleep(1.0)  # past the profiling step: trials are what runs
-    result = run_scenario(name, server, client, headers, slow_id, args, interval)
+    result = run_scenario(name, servers, client, headers, slow_id, args, interval)
     final = client.get(f"/sessions/{slow_id}/status", headers=headers).json()
     print(
         f"{name}: session {slow_id} is {final['status']} after the measurement "
@@ -271,6 +284,28 @@ def session_scenario(
     return result
 
 
+def replica_scenarios(tmp_path: Path, wide: tuple[Path, str], args: argparse.Namespace) -> list[Result]:
+    """Two servers on one database and one DATA_DIR; the session runs on the first."""
+    shared = {"DATA_DIR": str(tmp_path / "replicas" / "data")}
+    if args.database_url:
+        shared["DATABASE_URL"] = args.database_url
+    out: list[Result] = []
+    # One after the other: the second finds the schema migrated and the admin created.
+    with (
+        live_server(tmp_path / "replica-a", extra_env=shared) as a,
+        live_server(tmp_path / "replica-b", extra_env=shared) as b,
+        httpx.Client(base_url=a.base_url, timeout=60) as client,
+    ):
+        headers = a.login()
+        wide_id = upload_policy(client, headers, *wide)
+        for name, interval in (
+            ("2 replicas, session, paced", args.interval),
+            ("2 replicas, session, b2b", 0),
+        ):
+            out.append(session_scenario(name, [a, b], client, headers, wide_id, args, interval))
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -283,6 +318,14 @@ def main() -> int:
     parser.add_argument("--p99-ms", type=float, default=50.0, help="the target p99 latency")
     parser.add_argument(
         "--no-baseline", action="store_true", help="skip the COMPUTE_NICE=0 server (the baseline)"
+    )
+    parser.add_argument(
+        "--capacity-before", type=float, default=210.0, help="back-to-back requests/s before (issue 14)"
+    )
+    parser.add_argument("--no-replicas", action="store_true", help="skip the two-replica scenarios")
+    parser.add_argument(
+        "--database-url",
+        help="the replicas' shared database (e.g. PostgreSQL); default: SQLite in their shared DATA_DIR",
     )
     args = parser.parse_args()
     print(
@@ -309,12 +352,15 @@ def main() -> int:
                 print(f"idle target: session {done_id} {done['status']} ({done['trials_done']} trial)")
                 print(f"session scenarios: {SLOW} on an MLP {WIDE}", flush=True)
 
+                one = [server]
                 results.append(
-                    run_scenario("idle, paced", server, client, headers, done_id, args, args.interval)
+                    run_scenario("idle, paced", one, client, headers, done_id, args, args.interval)
                 )
-                results.append(run_scenario("idle, back-to-back", server, client, headers, done_id, args, 0))
+                results.append(run_scenario("idle, back-to-back", one, client, headers, done_id, args, 0))
                 for name, interval in (("session, paced", args.interval), ("session, back-to-back", 0)):
-                    results.append(session_scenario(name, server, client, headers, wide_id, args, interval))
+                    results.append(session_scenario(name, one, client, headers, wide_id, args, interval))
+            if not args.no_replicas:
+                results.extend(replica_scenarios(tmp_path, wide, args))
             if not args.no_baseline:
                 # The baseline, side by side: the same server with session compute at normal priority.
                 with (
@@ -325,7 +371,7 @@ def main() -> int:
                     wide_id = upload_policy(client, headers, *wide)
                     name = "session, paced, nice 0"
                     results.append(
-                        session_scenario(name, server, client, headers, wide_id, args, args.interval)
+                        session_scenario(name, [server], client, headers, wide_id, args, args.interval)
                     )
         except ServerError as exc:
             print(exc, file=sys.stderr)
@@ -338,6 +384,15 @@ def main() -> int:
         f"\nRESULT: p99 {running.pct(99):.1f} ms with {args.clients} clients while a session runs "
         f"(paced every {args.interval:g} s): "
         + ("target met" if target_ok else f"target of {args.p99_ms:g} ms MISSED")
+    )
+    best = max(
+        (r for r in results if "b2b" in r.scenario or "back-to-back" in r.scenario),
+        key=lambda r: len(r.latencies_ms) / r.elapsed_s,
+    )
+    capacity = len(best.latencies_ms) / best.elapsed_s
+    print(
+        f"CAPACITY: {capacity:.0f} requests/s back-to-back ({best.scenario}), "
+        f"{capacity / args.capacity_before:.1f}x the {args.capacity_before:g} requests/s before issue 14"
     )
     return 0 if target_ok else 1
 
