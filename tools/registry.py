@@ -230,7 +230,7 @@ def _spec(name: str, tools: dict[str, ToolSpec] | None = None) -> ToolSpec:
 
 
 def tool_definitions(names: list[str] | None = None) -> list[dict[str, Any]]:
-    """The planner's tool definitions (quantize, prune, distill, compile_model), OpenAI function-calling format."""
+    """The planner's tool definitions (quantize, prune, distill, compile_model) as OpenAI tools."""
     return [_spec(n).definition() for n in (names if names is not None else list(TOOLS))]
 
 

@@ -6,12 +6,15 @@ batch 1 (the deploy shape; one compiled prefill and one decode step serve all 10
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from tests.tools.conftest import mlp_handle
-from tests.tools.test_decode_runtime import SAMPLES, vla_handle
+from tests.tools.test_decode_runtime import SAMPLES, TINY_VLA, vla_handle
 from tools import compile_model
 from tools.decode_runtime import DecodeRuntime
 from tools.errors import InvalidArgumentError, UnsupportedDeviceError, UnsupportedFormatError
@@ -41,7 +44,9 @@ def test_compiled_runtime_gives_the_eager_action_tokens_for_100_inputs(
     assert np.array_equal(got, want)
 
 
-def test_step_records_the_runtime_and_the_input_is_untouched(eager: ModelHandle, compiled: ModelHandle) -> None:
+def test_step_records_the_runtime_and_the_input_is_untouched(
+    eager: ModelHandle, compiled: ModelHandle
+) -> None:
     assert isinstance(compiled.model, DecodeRuntime) and not isinstance(eager.model, DecodeRuntime)
     assert compiled.model.model is not eager.model
     step = compiled.recipe[-1]
@@ -84,3 +89,25 @@ def test_gpu_weight_formats_are_typed_errors_on_cpu(eager: ModelHandle) -> None:
     for method in ("weight_only_int4", "fp8_weight_only", "fp8_dynamic", "bnb_nf4", "bnb_int8"):
         with pytest.raises(UnsupportedDeviceError, match="CUDA"):
             quantize(eager, method)
+
+
+def test_saved_version_is_the_runtime_pt2_its_loader_runs(tmp_path: Path) -> None:
+    """What a session stores for a compiled version: a .pt2 of the static-cache decode (TorchScript cannot
+    hold it, said so in artifact.json), which tools.decode_runtime.load_runtime runs. On the session test's
+    small VLA (torch.export traces every decode step: kept small)."""
+    from agents.workspace import Workspace
+    from tools.decode_runtime import load_runtime
+
+    eager = vla_handle(**TINY_VLA)
+    compiled = compile_model(eager, device="cpu")
+
+    workspace = Workspace(original=eager, artifacts_dir=tmp_path)
+    path, fmt = workspace.save("v1", compiled)
+    assert fmt == "pt2" and path is not None and path.endswith("model.pt2")
+    info = json.loads((tmp_path / "v1" / "artifact.json").read_text())
+    assert "torch.export.load" in info["runtime"]
+    runtime = load_runtime(path, mode=None)
+    data = synthesize_inputs(eager.inputs, 6, seed=13)
+    tensors = [torch.from_numpy(data[s.name]) for s in eager.inputs]
+    with torch.inference_mode():
+        assert torch.equal(runtime(*tensors).argmax(-1), eager.model(*tensors).argmax(-1))

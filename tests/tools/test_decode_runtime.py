@@ -17,6 +17,14 @@ from tools.handle import ArchitectureRef, ModelHandle
 from tools.runtime import synthesize_inputs, to_tensors
 
 SAMPLES = 100
+# A small autoregressive VLA (one block per encoder, one decoder layer): inductor compiles it in seconds.
+TINY_VLA = {
+    "dino": {"image_size": 16, "patch_size": 8, "width": 32, "depth": 1, "heads": 2, "num_registers": 4,
+             "layer_scale": True},
+    "siglip": {"image_size": 16, "patch_size": 8, "width": 32, "depth": 1, "heads": 2, "class_token": False},
+    "projector_hidden": 128, "llm_dim": 64, "llm_layers": 1, "llm_heads": 2, "llm_ffn": 128,
+    "vocab_size": 300, "instruction_len": 4, "decoding": "autoregressive",
+}  # fmt: skip
 
 
 def vla_handle(seed: int = 0, **config: object) -> ModelHandle:
@@ -102,9 +110,7 @@ def test_export_program_is_the_static_cache_decode_and_load_runtime_runs_it(tmp_
     runtime = decode_runtime(handle.model)
     inputs = fixed_inputs(handle, 3)
     batch = torch.export.Dim("batch", min=1, max=1024)
-    program = torch.export.export(
-        runtime, tuple(inputs), dynamic_shapes=tuple({0: batch} for _ in inputs)
-    )
+    program = torch.export.export(runtime, tuple(inputs), dynamic_shapes=tuple({0: batch} for _ in inputs))
     targets = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
     assert any("index_copy" in t for t in targets)  # cache writes at position tensors, in the graph
     path = tmp_path / "runtime.pt2"
