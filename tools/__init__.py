@@ -1,6 +1,7 @@
 """Deterministic tools on model artifacts.
 
-    from tools import load_model, inspect_model, quantize, prune, distill, compile_model, benchmark, evaluate, export
+    from tools import load_model, inspect_model, quantize, prune, distill, benchmark, evaluate, export
+    from tools import compile_model  # a decoder's static-KV-cache runtime, compiled (tools.compiling)
 
 Every tool takes a `ModelHandle` and returns a new one (or a measurement); inputs are never changed.
 Modules are named for what they hold (`tools.quantization` defines `quantize`), so no submodule
