@@ -116,9 +116,11 @@ def test_planner_definitions_unchanged_and_full_set_separate() -> None:
     from tools.registry import ALL_TOOLS, all_tool_definitions
 
     assert [d["function"]["name"] for d in planner_tools()] == ["quantize", "prune", "distill", "finish"]
-    assert [d["function"]["name"] for d in tool_definitions()] == ["quantize", "prune", "distill", "compile_model"]
+    names = [d["function"]["name"] for d in tool_definitions()]
+    assert names == ["quantize", "prune", "distill", "compile_model"]
     # compile_model is offered to the planner only in sessions that allow compilation.
-    assert [d["function"]["name"] for d in planner_tools(compilation=True)][-2:] == ["compile_model", "finish"]
+    offered = [d["function"]["name"] for d in planner_tools(compilation=True)]
+    assert offered[-2:] == ["compile_model", "finish"]
     with pytest.raises(UnknownToolError):
         validate_call("benchmark", {})  # the planner cannot call measuring tools
     definitions = {d["function"]["name"]: d["function"] for d in all_tool_definitions()}
