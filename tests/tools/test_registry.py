@@ -125,7 +125,7 @@ def test_planner_definitions_unchanged_and_full_set_separate() -> None:
         validate_call("benchmark", {})  # the planner cannot call measuring tools
     definitions = {d["function"]["name"]: d["function"] for d in all_tool_definitions()}
     assert list(definitions) == list(ALL_TOOLS) == ["quantize", "prune", "distill", "compile_model",
-                                                    "inspect_model", "benchmark", "evaluate", "export"]  # fmt: skip
+                                                    "inspect_model", "benchmark", "evaluate", "export"]  # fmt: skip  # noqa: E501
     for fn in definitions.values():
         params = fn["parameters"]
         assert fn["description"] and params["type"] == "object" and params["additionalProperties"] is False
