@@ -18,7 +18,7 @@ Which library does what, chosen by what really shrinks the file and runs on the 
 - fp8_weight_only / fp8_dynamic: torchao `Float8WeightOnlyConfig` /
   `Float8DynamicActivationFloat8WeightConfig` (per-row scales) on the bf16 model; CUDA with compute
   capability 8.9+ (Ada, Hopper), a typed UnsupportedDeviceError elsewhere. These and the int8 / int4
-  weight-only formats are the weight formats of the decode runtime: quantize, then `compile_model` (tools.compiling).
+  weight-only formats are the weight formats of the decode runtime: quantize, then `compile_model`.
 - fp16 / bf16: a cast (excluded layers stay fp32 behind casts); ONNX: fp16 conversion only.
 - static_int8: ONNX Runtime QDQ `quantize_static`, calibrated on the evaluation data (else
   synthesized inputs); torch models are exported to ONNX first.
