@@ -27,7 +27,7 @@ from sqlmodel import select
 
 from agents.worker import claim_session
 from state import runs
-from state.db import create_engine_for, session_factory
+from state.db import create_engine_for, run_migrations, session_factory
 from state.event_log import EventLog
 from state.runs import Claim, Held, LeaseLost, RunFence, SessionRun, current_fence
 from state.sessions import OptimizationSession, SessionEvent
@@ -38,6 +38,7 @@ from tests.conftest import ADMIN_PASSWORD, REPO_ROOT, login, make_settings
 
 @pytest.fixture
 async def sessionmaker(db_url: str) -> AsyncIterator[Any]:
+    await asyncio.to_thread(run_migrations, db_url)  # the SQLite copy is at head already; PostgreSQL is empty
     engine = create_engine_for(db_url)
     yield session_factory(engine)
     await engine.dispose()
