@@ -322,6 +322,12 @@ def artifact_info(source: str, fmt: str, recipe: list[dict[str, Any]], reasons: 
             f"downloaded as ONNX, not the uploaded {name}: {', '.join(onnx_steps)} runs in ONNX Runtime, so "
             "the model was exported to ONNX; run it with onnxruntime.InferenceSession"
         )
+        if any((s.get("result") or {}).get("session_config") for s in recipe):
+            note += (
+                " and the session option session.disable_quant_qdq=1 (named in the graph's metadata "
+                "'onnxruntime.session_config'): it folds the int8 weights into float at load; without it "
+                "the runtime dequantizes them at every call"
+            )
     else:
         why = "; ".join(reasons) or "it cannot hold this version"
         note = f"downloaded as {_SOURCE_FORMATS.get(fmt, fmt)}, not the uploaded {name}: {why}"

@@ -43,7 +43,9 @@ class QuantizeArgs(_Args):
         description=(
             "dynamic_int8: int8 weights, activations quantized at run time (CPU; ONNX Runtime: per-channel "
             "MatMul weights and int8 embedding tables, ~4x smaller). "
-            "weight_only_int8: int8 weights, float compute (torch). "
+            "weight_only_int8: int8 weights per channel, float compute (torch; on ONNX Runtime, with "
+            "backend='onnxruntime' or an ONNX model: int8 weights behind DequantizeLinear, folded into float "
+            "weights when the session loads, so it runs at the float graph's speed, 4x smaller on disk). "
             "weight_only_int4: 4-bit weights in blocks (~7x smaller Linear/MatMul weights): on ONNX Runtime "
             "(ONNX models, TorchScript / pt2 files, or backend='onnxruntime') MatMulNBits block-wise "
             "weights and 4-bit embedding tables, on CPU; on torch modules torchao int4 (CUDA GPU only). "

@@ -22,6 +22,14 @@ Each method is the library's best call for the model, measured against the plain
   than fp32 compute on CPU, same error); embedding tables as 4-bit `GatherBlockQuantized` (packed in
   uint8, so the graph keeps its opset, where the library's own Gather path forces opset 21 and breaks
   graphs with ReduceMean). Layers kept at higher precision by `accuracy_target` become 8-bit blocks.
+- weight_only_int8: int8 weights per output channel (symmetric) behind `DequantizeLinear` nodes, for
+  MatMul/Gemm, Conv and embedding tables; activations stay float. The file holds int8, and ONNX Runtime
+  folds the dequantization into float weights when the session loads (session option
+  `session.disable_quant_qdq=1`, which `tools.runtime.onnx_session` sets for such graphs and the graph's
+  metadata names): it runs at the float graph's speed, 4x smaller on disk, at float accuracy. On the
+  reacher MLP of the eval suite (2-core CPU) it ran 0.015 ms at batch 1 against 0.054 ms for torch eager
+  and retained 100% where MatMulNBits' 8-bit blocks (int8 activations) kept 95%; without the option the
+  runtime dequantizes at every call (0.39 ms).
 - fp16: `convert_float_to_float16(keep_io_types=True)`, with fp32 islands: the nodes whose float32
   outputs (on calibration inputs) leave fp16's range, and their consumers, stay float32; if the fp16
   graph's outputs still drift (cosine to float32 below 0.999, or not finite), normalizations and
@@ -52,11 +60,18 @@ import numpy as np
 
 from tools.errors import InvalidArgumentError, UnsupportedFormatError
 from tools.handle import ModelHandle
-from tools.runtime import check_inputs, slice_batch, synthesize_inputs
+from tools.runtime import (
+    FOLD_WEIGHTS_CONFIG,
+    check_inputs,
+    session_config,
+    set_session_config,
+    slice_batch,
+    synthesize_inputs,
+)
 from tools.selection import no_layers as _no_layers
 from tools.selection import selected as _selected
 
-ONNX_METHODS = ("dynamic_int8", "static_int8", "weight_only_int4", "fp16")
+ONNX_METHODS = ("dynamic_int8", "static_int8", "weight_only_int4", "weight_only_int8", "fp16")
 BLOCK_SIZES = (32, 64, 128)
 DEFAULT_BLOCK_SIZE = 32
 FP16_MAX = 65504.0
@@ -89,12 +104,14 @@ _ONNX_DEFAULT_OPS: dict[str, tuple[str, ...]] = {
     "dynamic_int8": ("MatMul", "Gather", "Conv"),  # Gemm is rewritten to MatMul + Add first
     "static_int8": ("MatMul", "Gemm", "Conv", "Gather"),
     "weight_only_int4": ("MatMul", "Gather"),
+    "weight_only_int8": ("MatMul", "Gather", "Conv"),
 }
 # Ops each method can quantize (after Gemm -> MatMul where the method needs it).
 _SUPPORTED_OPS: dict[str, tuple[str, ...]] = {
     "dynamic_int8": ("MatMul", "Gather", "Conv"),
     "static_int8": ("MatMul", "Gemm", "Conv", "Gather"),
     "weight_only_int4": ("MatMul", "Gather"),
+    "weight_only_int8": ("MatMul", "Gather", "Conv"),
 }
 # Which input of a node holds its weight.
 _WEIGHT_INPUT = {"MatMul": 1, "Gemm": 1, "Conv": 1, "Gather": 0}
@@ -260,7 +277,7 @@ def _onnx_op_types(method: str, layer_types: list[str] | None) -> tuple[str, ...
             ops.extend(_ONNX_OPS[t])
         elif t[:1].isupper():
             ops.append(t)  # an ONNX op type given directly (MatMul, Gemm, Conv, Gather)
-    if method in ("dynamic_int8", "weight_only_int4"):
+    if method in ("dynamic_int8", "weight_only_int4", "weight_only_int8"):
         ops = ["MatMul" if o == "Gemm" else o for o in ops]
     supported = _SUPPORTED_OPS.get(method, ())
     unsupported = sorted({o for o in ops if o not in supported})
@@ -305,10 +322,10 @@ def quantize_onnx(
 ) -> ModelHandle:
     import onnx
 
-    if method in ("weight_only_int8", "bnb_int8", "bnb_nf4"):
+    if method in ("bnb_int8", "bnb_nf4"):
         raise UnsupportedFormatError(
             f"{method} applies to torch models; for an ONNX model use dynamic_int8, static_int8, "
-            "weight_only_int4 or fp16",
+            "weight_only_int4, weight_only_int8 or fp16",
         )
     if method == "bf16":
         raise UnsupportedFormatError(
@@ -370,7 +387,7 @@ def _quantize_prepared(
 
     model = onnx.ModelProto()
     model.CopyFrom(source)
-    if method in ("dynamic_int8", "weight_only_int4"):
+    if method in ("dynamic_int8", "weight_only_int4", "weight_only_int8"):
         _gemm_to_matmul(model)
     op_types = _onnx_op_types(method, layer_types)
     names = onnx_layer_names(model, op_types, include, exclude)
@@ -417,6 +434,10 @@ def _quantize_prepared(
             symmetric=True,
             accuracy_level=4,
         )
+    elif method == "weight_only_int8":
+        result.update(
+            per_channel=True, symmetric=True, activations="float", session_config=FOLD_WEIGHTS_CONFIG
+        )
     else:
         result.update(per_channel=True, reduce_range=needs_reduce_range())
     if reader is not None:
@@ -433,6 +454,8 @@ def _apply(
 
     if method == "weight_only_int4":
         return _weight_only_blocks(model, low, eight, block)
+    if method == "weight_only_int8":
+        return _weight_only_int8(model, low)
     out = onnx.ModelProto()
     out.CopyFrom(model)
     if not low:  # ONNX Runtime reads an empty node list as "every node"
@@ -522,6 +545,77 @@ def _weight_only_blocks(model: Any, four: list[str], eight: list[str], block: in
     if gathers:
         _gather_blocks(out, gathers, block)
     return out
+
+
+# Per-channel axis of each op's weight: MatMul B is [K, N] (a scale per output column), Conv W is
+# [C_out, C_in/g, ...] and a Gather table [rows, width] (a scale per output channel or row).
+_CHANNEL_AXIS = {"MatMul": 1, "Conv": 0, "Gather": 0}
+
+
+def _weight_only_int8(model: Any, names: list[str]) -> Any:
+    """`model` (not modified) with the weights the nodes `names` read as int8 per channel + DequantizeLinear.
+
+    Symmetric (zero point 0, range +-127). A weight another node also reads (tied embeddings) is shared by
+    one DequantizeLinear. The graph's metadata names the session option that folds them at load.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    if _opset(model) < 13:
+        raise UnsupportedFormatError(
+            f"weight_only_int8 needs per-channel DequantizeLinear (opset 13 or newer); this graph is opset "
+            f"{_opset(model)}"
+        )
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    nodes = {n.name: n for n in graph.node}
+    done: dict[str, str] = {}
+    dequant: list[Any] = []
+    for name in names:
+        node = nodes[name]
+        weight_name = _weight_of(node, inits)
+        if weight_name is None or weight_name in done:
+            continue
+        tensor = inits[weight_name]
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue  # fp16/bf16 weights: the float type DequantizeLinear would give back differs
+        w = numpy_helper.to_array(tensor).astype(np.float32)
+        axis = _CHANNEL_AXIS[node.op_type] if w.ndim > 1 else 0
+        reduce = tuple(i for i in range(w.ndim) if i != axis)
+        amax = np.abs(w).max(axis=reduce) if reduce else np.abs(w)
+        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        q = np.clip(np.rint(w / scale.reshape(shape)), -127, 127).astype(np.int8)
+        graph.initializer.remove(tensor)
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(q, f"{weight_name}_int8"),
+                numpy_helper.from_array(scale, f"{weight_name}_scale"),
+                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{weight_name}_zero_point"),
+            ]
+        )
+        dequant.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [f"{weight_name}_int8", f"{weight_name}_scale", f"{weight_name}_zero_point"],
+                [weight_name],
+                name=f"{weight_name}_dequantize",
+                axis=axis,
+            )
+        )
+        done[weight_name] = name
+    nodes_now = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(dequant + nodes_now)  # the weights' producers first: the graph stays sorted
+    set_session_config(out, FOLD_WEIGHTS_CONFIG)
+    return out
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
 def _matmul_nbits(model: Any, names: list[str], bits: int, block: int) -> Any:
@@ -969,6 +1063,8 @@ def _session(model: Any, optimize: bool = True) -> Any:
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    for key, value in session_config(model).items():
+        opts.add_session_config_entry(key, value)
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])

@@ -200,6 +200,40 @@ def to_tensors(handle: ModelHandle, inputs: dict[str, np.ndarray]) -> list[torch
     return tensors
 
 
+# Graph metadata naming the session options a graph needs (weight_only_int8: fold its DequantizeLinear
+# nodes into float weights at load, so it runs at the float graph's speed).
+SESSION_CONFIG_KEY = "onnxruntime.session_config"
+FOLD_WEIGHTS_CONFIG = {"session.disable_quant_qdq": "1"}
+
+
+def set_session_config(model: Any, config: dict[str, str]) -> None:
+    """Record the session options the graph needs in its metadata (read by `session_config`)."""
+    import json
+
+    for prop in list(model.metadata_props):
+        if prop.key == SESSION_CONFIG_KEY:
+            model.metadata_props.remove(prop)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = SESSION_CONFIG_KEY, json.dumps(config, sort_keys=True)
+
+
+def session_config(model: Any) -> dict[str, str]:
+    """The session options a graph's metadata asks for (weight-only int8 graphs: fold the weights at load)."""
+    import json
+
+    for prop in model.metadata_props:
+        if prop.key == SESSION_CONFIG_KEY:
+            try:
+                value = json.loads(prop.value)
+            except ValueError:
+                return {}
+            # Only options known to be safe to take from a file: nothing that loads code or paths.
+            if not isinstance(value, dict):
+                return {}
+            return {k: str(v) for k, v in value.items() if k in FOLD_WEIGHTS_CONFIG}
+    return {}
+
+
 def onnx_session(handle: ModelHandle) -> Any:
     """An ONNX Runtime session for the handle's graph, built once per handle."""
     session = handle.cache.get("ort_session")
@@ -208,6 +242,8 @@ def onnx_session(handle: ModelHandle) -> Any:
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        for key, value in session_config(handle.model).items():
+            options.add_session_config_entry(key, value)  # weight-only int8: fold the weights at load
         providers = ["CPUExecutionProvider"]
         if handle.device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")

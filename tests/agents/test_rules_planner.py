@@ -9,7 +9,7 @@ import pytest
 from agents.criteria import Criteria, Measurement
 from agents.instructions import apply_message
 from agents.planners.base import PlannerView
-from agents.planners.rules import decide, mixed_target, ranked_quant_methods
+from agents.planners.rules import _quant_args, decide, mixed_target, ranked_quant_methods
 from agents.profile_facts import profile_facts as facts
 from agents.state import Instructions, ToolCall, TrialRecord, VersionRecord
 
@@ -173,9 +173,20 @@ def test_a_quantization_that_misses_is_recovered_then_mixed_by_measured_sensitiv
     assert mixed.calls[0].arguments == {"method": "dynamic_int8", "accuracy_target": mixed_target(0.95)}
     assert all("exclude" not in c.arguments for t in [first, qat, mixed] for c in t.calls)
     h.trial(mixed, size=300_000, acc=0.94, accepted=False)
-    # The measured mix missed too: the next method in the ranking.
+    # The measured mix missed too: the next method in the ranking, on ONNX Runtime (folded at load: float
+    # speed) on a CPU.
     nxt = decide(h.view(criteria))
-    assert nxt.calls[0].arguments == {"method": "weight_only_int8"} and nxt.strategy == "quantize"
+    assert nxt.calls[0].arguments == {"method": "weight_only_int8", "backend": "onnxruntime"}
+    assert nxt.strategy == "quantize"
+    # Had its export failed, int8 weight-only is proposed on torch from then on (4-bit has no other path).
+    h.trials.append(
+        TrialRecord(
+            number=len(h.trials) + 1, base_version="v0", calls=nxt.calls, source="rules", status="failed"
+        )
+    )
+    view = h.view(criteria)
+    assert _quant_args(view, "weight_only_int8") == {"method": "weight_only_int8"}
+    assert _quant_args(view, "weight_only_int4") == {"method": "weight_only_int4", "backend": "onnxruntime"}
 
 
 def test_recovery_fits_the_time_left_and_is_not_repeated() -> None:
@@ -356,6 +367,7 @@ def test_onnx_model_that_int8_cannot_take_to_the_target_starts_with_4bit_and_fal
         "weight_only_int4",
         "dynamic_int8",
         "static_int8",
+        "weight_only_int8",
         "fp16",
     ]
     first = decide(view)
@@ -399,7 +411,7 @@ def test_onnx_methods_that_cannot_help_or_cannot_run_are_never_proposed() -> Non
     offered = ranked_quant_methods(
         h.view(TARGET_75, profile=TINY, runtime="onnx", device="cuda"), facts(TINY)
     )
-    assert not {m for m, _ in offered} & {"bnb_int8", "bnb_nf4", "bf16", "weight_only_int8"}
+    assert not {m for m, _ in offered} & {"bnb_int8", "bnb_nf4", "bf16"}
 
 
 def test_mixed_fallback_is_skipped_when_it_does_not_fit_the_time_budget() -> None:

@@ -97,6 +97,60 @@ def test_4bit_blocks_run_in_plain_onnx_runtime_and_are_smaller_than_int8(
         quantize(bert.handle, "weight_only_int4", layer_types=["Conv"])
 
 
+@pytest.mark.parametrize("name", ["bert", "vit"])
+def test_weight_only_int8_is_float_accurate_4x_smaller_and_folded_when_the_session_loads(
+    models: dict[str, Zoo], name: str, tmp_path: Path
+) -> None:
+    import onnxruntime as ort
+
+    from tools.runtime import session_config
+
+    m = models[name]
+    ours = quantize(m.handle, "weight_only_int8")
+    dynamic = quantize(m.handle, "dynamic_int8")
+    out, path = m.run(ours, tmp_path, "wo8")
+    float_weights = sum(
+        int(np.prod(t.dims)) * 4 for t in m.handle.model.graph.initializer if t.data_type == TensorProto.FLOAT
+    )
+    assert serialized_size(m.handle) - serialized_size(ours) >= 0.7 * float_weights
+    assert _cosine(out, m.reference) >= 0.999
+    assert _cosine(out, m.reference) >= _cosine(m.run(dynamic, tmp_path, "dyn")[0], m.reference) - 5e-4
+    int8 = [t for t in ours.model.graph.initializer if t.data_type == TensorProto.INT8]
+    assert int8 and all(t.name.endswith("_int8") or t.name.endswith("_zero_point") for t in int8)
+    # The graph names the option that folds its DequantizeLinear nodes at load: without it ONNX Runtime
+    # would dequantize at every call; with it the optimized graph holds float weights and no DequantizeLinear.
+    assert session_config(onnx.load(str(path))) == {"session.disable_quant_qdq": "1"}
+
+    def optimized_ops(fold: bool) -> set[str]:
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(tmp_path / f"optimized_{fold}.onnx")
+        if fold:
+            opts.add_session_config_entry("session.disable_quant_qdq", "1")
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        return {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+
+    assert "DequantizeLinear" in optimized_ops(fold=False)
+    assert "DequantizeLinear" not in optimized_ops(fold=True)
+    result = ours.recipe[-1]["result"]
+    assert result["per_channel"] and result["activations"] == "float" and result["layers"]
+
+
+def test_weight_only_int8_refuses_what_it_cannot_express(models: dict[str, Zoo]) -> None:
+    old = onnx.ModelProto()
+    old.CopyFrom(models["bert"].handle.model)
+    for o in old.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = 12
+    from tools.errors import UnsupportedFormatError
+    from tools.onnx_quantization import _weight_only_int8
+
+    names = [n.name for n in old.graph.node if n.op_type == "MatMul"]
+    with pytest.raises(UnsupportedFormatError, match="opset 13"):
+        _weight_only_int8(old, names)
+    with pytest.raises(InvalidArgumentError, match="block_size"):
+        quantize(models["bert"].handle, "weight_only_int8", block_size=32)
+
+
 def test_fp16_keeps_float32_inputs_and_outputs(models: dict[str, Zoo], tmp_path: Path) -> None:
     vit = models["vit"]
     half = quantize(vit.handle, "fp16")
