@@ -15,10 +15,13 @@ from fastapi import FastAPI
 from sqlmodel import select
 
 from api import __version__, replication
+from api.body_limit import BodyLimitMiddleware
 from api.errors import install_error_handlers
 from api.log import configure_logging, security_event
 from api.metrics import Metrics
 from api.middleware import REQUEST_ID_HEADER, ApiCORSMiddleware, RequestContextMiddleware
+from api.openapi_extras import install_openapi_extras
+from api.quotas import SseConnections
 from api.ratelimit import LoginRateLimiter
 from api.resumable import TUS_REQUEST_HEADERS, TUS_RESPONSE_HEADERS, cleanup_loop
 from api.routers import all_routers, ui
@@ -196,7 +199,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.login_limiter = LoginRateLimiter(settings.login_rate_limit, settings.login_rate_window_s)
+    app.state.sse_connections = SseConnections(settings.user_max_sse_connections)
     install_error_handlers(app)
+    install_openapi_extras(app)  # after the error handlers: wraps their OpenAPI hook
     for router in all_routers():
         app.include_router(router)
     app.include_router(ui.router)  # the dashboard at /ui (api/ui/), outside the API's documentation
@@ -215,6 +220,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ],
             expose_headers=[REQUEST_ID_HEADER, "Retry-After", *TUS_RESPONSE_HEADERS],
         )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_kb * 1024)
     # Added last so it is the outermost of ours: every response, CORS ones included, gets an id.
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app

@@ -76,7 +76,7 @@ async def _read_credentials(request: Request) -> LoginRequest:
         else:
             raw = json.loads(body or b"null")
         return LoginRequest.model_validate(raw)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # bytes that are not UTF-8 are not JSON either
         raise ApiError(422, "validation_error", "Body is not valid JSON", str(exc)) from exc
     except ValidationError as exc:
         raise RequestValidationError(exc.errors()) from exc

@@ -41,6 +41,7 @@ from api.model_sources import (
     resolve_import_path,
     verify_imported,
 )
+from api.quotas import check_model_quota
 from api.registration import (
     NAMESPACE,
     IncomingFile,
@@ -51,6 +52,7 @@ from api.registration import (
 )
 from api.resumable import remove_upload
 from api.routers.uploads import get_owned_upload
+from api.schemas.common import MAX_PAGE_OFFSET
 from api.schemas.models import DeleteResponse, ModelList, ModelPublic, UploadResponse
 from api.schemas.uploads import FromUploadRequest, ImportRequest
 from api.session_usage import model_in_use
@@ -183,13 +185,14 @@ def _text_field(fields: dict[str, str], name: str, limit: int) -> str | None:
     "member within MAX_ARCHIVE_MEMBERS and MAX_UNPACKED_GB and built by transformers from its config, "
     "never with the model's own code.",
     openapi_extra=_multipart_doc(MODEL_EXTENSIONS, with_metadata=True),
-    responses=error_responses(400, 401, 413, 422),
+    responses=error_responses(400, 401, 413, 422, 429),
 )
 async def upload_model(
     request: Request, user: CurrentUser, db: DbDep, settings: SettingsDep, store: StoreDep
 ) -> UploadResponse:
     received: ReceivedUpload | None = None
     try:
+        await check_model_quota(db, user, settings)  # before a byte is read
         received = await receive_upload(
             request,
             tmp_dir=settings.uploads_dir,
@@ -209,6 +212,7 @@ async def upload_model(
             size=received.size,
             sha256=received.sha256,
         )
+        await check_model_quota(db, user, settings, adding_bytes=received.size)
         record = await register_model(
             db, store, user, incoming, fields, archive_limits=archive_limits(settings)
         )
@@ -238,7 +242,7 @@ async def list_models(
     user: CurrentUser,
     db: DbDep,
     limit: int = Query(default=20, ge=1, le=100),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=MAX_PAGE_OFFSET),
 ) -> ModelList:
     count_query = select(func.count()).select_from(ModelRecord)
     query = select(ModelRecord)

@@ -19,7 +19,9 @@ from agents.runner import RollbackError
 from api.deps import CurrentUser, DbDep, SettingsDep
 from api.errors import ApiError, error_responses
 from api.model_files import RUNNABLE_FORMATS, FormatReport, ProbedSignature, ToolError, probe_input_spec
+from api.quotas import check_session_quota
 from api.routers.models import get_owned_model, parse_input_signature
+from api.schemas.common import MAX_PAGE_OFFSET
 from api.schemas.sessions import (
     CancelResponse,
     MessageIn,
@@ -103,13 +105,14 @@ def _started(executor: Any, session_id: str) -> bool:
     "/optimize",
     response_model=OptimizeResponse,
     summary="Start an optimization session",
-    responses=error_responses(401, 404, 422, 503),
+    responses=error_responses(401, 404, 422, 429, 503),
 )
 async def optimize(
     body: OptimizeRequest, request: Request, user: CurrentUser, db: DbDep, settings: SettingsDep
 ):
     runner, executor, events = _runtime(request)
     model = await get_owned_model(db, body.model_id, user)
+    await check_session_quota(db, user, settings)
     if model.format not in RUNNABLE_FORMATS:
         raise ApiError(
             422,
@@ -188,7 +191,7 @@ async def list_sessions(
     db: DbDep,
     status: SessionStatusName | None = Query(default=None, description="Only sessions with this status."),
     limit: int = Query(default=20, ge=1, le=100),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=MAX_PAGE_OFFSET),
 ) -> SessionList:
     count_query = select(func.count()).select_from(OptimizationSession)
     query = select(OptimizationSession)
@@ -385,7 +388,7 @@ async def session_results(session_id: str, user: CurrentUser, db: DbDep) -> Sess
     "/sessions/{session_id}/events",
     summary="Live events (server-sent events)",
     responses={
-        **error_responses(401, 404),
+        **error_responses(401, 404, 429),
         200: {"content": {"text/event-stream": {}}, "description": "The event stream."},
     },
 )
@@ -408,8 +411,10 @@ async def session_events_stream(
             start = max(start, int(last_event_id))
         except ValueError as err:
             raise ApiError(422, "validation_error", "Last-Event-ID must be an integer event id") from err
+    connections = request.app.state.sse_connections
+    connections.acquire(user.id)  # 429 past USER_MAX_SSE_CONNECTIONS; released when the stream ends
     return EventSourceResponse(
-        session_events(events, request.app.state.sessionmaker, row.id, start),
+        connections.guard(user.id, session_events(events, request.app.state.sessionmaker, row.id, start)),
         ping=settings.sse_ping_s,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

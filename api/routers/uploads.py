@@ -211,7 +211,7 @@ async def create_upload(request: Request, user: CurrentUser, db: DbDep, settings
     name="upload_offset",
     status_code=200,
     summary="Offset of a resumable upload",
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 412),
 )
 async def upload_offset(upload_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep) -> Response:
     upload = await get_owned_upload(db, upload_id, user, settings)
@@ -248,7 +248,7 @@ async def _commit_offset(db: DbDep, upload: ResumableUpload, old: int, new: int,
     description="Body: `application/offset+octet-stream`; `Upload-Offset` must equal the current offset "
     "(409 otherwise). Optional `Upload-Checksum: sha256 <base64>` (or sha1) of this chunk: on a mismatch "
     "the chunk is discarded (460).",
-    responses=error_responses(400, 401, 404, 409, 413, 415),
+    responses=error_responses(400, 401, 404, 409, 412, 413, 415),
 )
 async def append_bytes(
     upload_id: str, request: Request, user: CurrentUser, db: DbDep, settings: SettingsDep
@@ -375,7 +375,7 @@ async def _receive(
     "/{upload_id}",
     status_code=204,
     summary="Terminate a resumable upload (its bytes are removed)",
-    responses=error_responses(401, 404),
+    responses=error_responses(401, 404, 412),
 )
 async def terminate_upload(upload_id: str, user: CurrentUser, db: DbDep, settings: SettingsDep) -> Response:
     upload = await get_owned_upload(db, upload_id, user, settings)

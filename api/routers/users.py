@@ -11,6 +11,7 @@ from sqlmodel import col, select
 from api.deps import AdminUser, AuthCacheDep, DbDep
 from api.errors import ApiError, error_responses
 from api.log import security_event
+from api.schemas.common import MAX_PAGE_OFFSET
 from api.schemas.users import UserCreate, UserList, UserPublic, UserUpdate
 from api.security import hash_password
 from state.users import User
@@ -42,7 +43,7 @@ async def list_users(
     _admin: AdminUser,
     db: DbDep,
     limit: int = Query(default=50, ge=1, le=500),
-    offset: int = Query(default=0, ge=0),
+    offset: int = Query(default=0, ge=0, le=MAX_PAGE_OFFSET),
 ) -> UserList:
     total = (await db.exec(select(func.count()).select_from(User))).one()
     rows = (
