@@ -17,6 +17,16 @@ activations) need a larger batch, where the matmuls are compute-bound, to be fas
     python scripts/gpu_check.py --model vla_mini     # the small VLA
     python scripts/gpu_check.py --model openvla_7b   # OpenVLA-7B shape, random weights, bf16 reference
     python scripts/gpu_check.py --json out.json      # also write the rows as JSON
+    python scripts/gpu_check.py --runtime            # the decode runtime tables (at most ~8 min, below)
+
+`--runtime` is the one prepared run of issue 12's measurements: it checks its prerequisites first (CUDA,
+triton, torchao, bitsandbytes, float8-capable GPU) and prints what is missing, then times vla-mini and
+the OpenVLA-7B shape (random weights, bf16), batch 1, one action (vision, prefill, 7 greedy action tokens):
+eager bf16, bitsandbytes nf4 and int8, and the static-KV-cache decode runtime (compile_model,
+mode reduce-overhead: CUDA graphs) x each weight format (bf16, torchao int4 / int8 weight-only, float8
+weight-only / dynamic), with CUDA events, the weight memory each holds, the device's bandwidth floor and
+the action-token agreement with eager bf16 (evals.gpu_suite.runtime_table). Rows that would start after
+the time budget (`--budget-s`, default 450 s over both models) are printed as skipped.
 
 Without a CUDA device it prints "no CUDA device: GPU checks skipped" and exits 0.
 """
@@ -81,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="round-robin timing rounds (1 for openvla_7b)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    parser.add_argument(
+        "--runtime", action="store_true", help="the decode runtime tables (vla_mini, openvla_7b) instead"
+    )
+    parser.add_argument("--budget-s", type=float, default=450.0, help="--runtime: seconds for both tables")
     args = parser.parse_args(argv)
 
     if any(b < 1 for b in args.batch_sizes):
@@ -92,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{SKIP_MESSAGE} (torch {torch.__version__}; nothing was run)")
         return 0
 
+    if args.runtime:
+        return run_runtime(args.budget_s, args.json)
+
     tables = run_batches(
         args.model, args.methods, args.batch_sizes, args.warmup, args.iterations, args.samples, args.rounds
     )
@@ -100,6 +117,37 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps({str(bs): rows for bs, rows in tables.items()}, indent=2, default=str)
         )
+    return 0
+
+
+# The runtime tables' share of the budget: vla-mini is small (its compiles dominate), the 7B shape the rest.
+RUNTIME_SHARES = {"vla_mini": 0.3, "openvla_7b": 0.7}
+# Actions compared with eager bf16 for the agreement column (one bnb int8 action of the 7B takes ~0.8 s).
+AGREEMENT_SAMPLES = {"vla_mini": 64, "openvla_7b": 8}
+
+
+def run_runtime(budget_s: float, json_path: Path | None = None) -> int:
+    """Prerequisites, then the decode runtime table of each model (evals.gpu_suite.runtime_table)."""
+    from evals.gpu_suite import format_runtime_table, prerequisites, runtime_table
+
+    missing = prerequisites()
+    print("prerequisites: " + ("all present" if not missing else "missing: " + "; ".join(missing)))
+    started = time.perf_counter()
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for key, share in RUNTIME_SHARES.items():
+        left = budget_s - (time.perf_counter() - started)
+        rows = runtime_table(
+            key,
+            device=DEVICE,
+            agreement_samples=AGREEMENT_SAMPLES[key],
+            budget_s=max(0.0, min(left, share * budget_s)),
+        )
+        tables[key] = rows
+        print(format_runtime_table(rows) + "\n", flush=True)
+        gc.collect()
+    print(f"runtime tables done in {time.perf_counter() - started:.0f} s")
+    if json_path is not None:
+        json_path.write_text(json.dumps(tables, indent=2, default=str))
     return 0
 
 

@@ -117,3 +117,56 @@ def test_covers_torchao_int8_and_times_each_batch_size(monkeypatch: pytest.Monke
             assert by_method["semi_structured_2_4"]["error"].startswith("UnsupportedDeviceError")
         assert f"batch={bs}" in gpu_check.format_table(rows, "linear", bs)
     assert tables[1][2]["cosine"] == tables[16][2]["cosine"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --runtime runs the real tables")
+def test_runtime_tables_skip_without_cuda_and_name_what_is_missing() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--runtime"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "no CUDA device: GPU checks skipped" in proc.stdout
+    from evals.gpu_suite import prerequisites
+
+    assert any("CUDA device" in m for m in prerequisites())
+
+
+def test_runtime_table_orchestration_on_cpu_rows_floor_and_agreement() -> None:
+    """evals.gpu_suite.runtime_table on CPU with a small VLA and the uncompiled static-cache runtime: every
+    row of the issue's table is there in order, CPU-runnable rows measured (same tokens as eager bf16),
+    GPU-only weight formats fail in their own row; the floor is weight bytes over the bandwidth."""
+    from evals import gpu_suite
+    from tests.tools.test_decode_runtime import TINY_VLA
+
+    labels = [r[0] for r in gpu_suite.RUNTIME_ROWS]
+    assert labels[:4] == ["eager bf16", "eager bnb nf4", "eager bnb int8", "runtime bf16"]
+    assert {"runtime int4 weight-only", "runtime int8 weight-only", "runtime fp8 weight-only"} <= set(labels)
+    assert set(gpu_suite.RUNTIME_MODELS) == {"vla_mini", "openvla_7b"}
+    gpu_suite.RUNTIME_MODELS["tiny"] = {"name": "vla", "config": TINY_VLA}
+    try:
+        chosen = [r for r in gpu_suite.RUNTIME_ROWS if r[1] in (None, "bnb_nf4", "fp8_dynamic")]
+        rows = gpu_suite.runtime_table(
+            "tiny", device="cpu", mode=None, rows=chosen, warmup=1, iterations=2, agreement_samples=4
+        )
+    finally:
+        del gpu_suite.RUNTIME_MODELS["tiny"]
+    by = {r["variant"]: r for r in rows}
+    assert list(by) == [r[0] for r in chosen]
+    for label in ("eager bf16", "runtime bf16"):
+        row = by[label]
+        assert "error" not in row, row
+        assert row["token_agreement"] == 1.0 and row["p50_ms"] > 0
+        assert row["floor_ms"] == pytest.approx(row["weight_gb"] * 1e9 / (row["bandwidth_tbps"] * 1e12) * 1e3)
+    if not torch.cuda.is_available():
+        assert by["eager bnb nf4"]["error"].startswith("UnsupportedDeviceError")
+        assert by["runtime fp8 dynamic"]["error"].startswith("UnsupportedDeviceError")
+    table = gpu_suite.format_runtime_table(rows)
+    assert len(table.splitlines()) == 3 + len(rows) and "| runtime bf16 |" in table
+
+
+def test_bandwidth_floor_reads_the_device_name() -> None:
+    from evals.gpu_suite import device_bandwidth
+
+    assert device_bandwidth("NVIDIA H100 80GB HBM3") == (3.35, True)
+    assert device_bandwidth("NVIDIA H200") == (4.8, True)
+    assert device_bandwidth("Some GPU")[1] is False
