@@ -268,4 +268,3 @@ def test_the_api_serves_status_and_listings_without_torch(tmp_path: Path) -> Non
 def test_the_settings_refuse_a_heartbeat_slower_than_half_the_lease(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="RUN_HEARTBEAT_S"):
         make_settings(tmp_path, run_lease_s=4.0, run_heartbeat_s=3.0)
-
