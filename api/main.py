@@ -33,7 +33,7 @@ from api.security import (
     load_or_create_secret,
     verify_password,
 )
-from state.artifacts import ArtifactStore
+from state.artifacts import store_from_settings
 from state.db import create_engine_for, run_migrations, session_factory
 from state.settings import Settings, get_settings
 from state.users import User
@@ -142,7 +142,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     await asyncio.to_thread(run_migrations, url)
     app.state.engine = create_engine_for(url)
     app.state.sessionmaker = session_factory(app.state.engine)
-    app.state.store = ArtifactStore(settings.artifacts_dir)
+    app.state.store = store_from_settings(settings)  # ARTIFACT_STORE: local, a shared directory, s3://
     app.state.started_at = time.monotonic()
     await replication.start(app)  # the event bus and the auth cache (issue 14)
     _remove_stale_partial_uploads(settings)
