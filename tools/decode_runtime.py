@@ -258,6 +258,9 @@ class DecodeRuntime(nn.Module):
             with torch.inference_mode(False), torch.no_grad():
                 cos, sin = self.view.rope_tables(device)
                 positions = torch.arange(cos.shape[0], device=device)
+                if self.compile_enabled:  # CUDA graphs read them in place instead of copying them in
+                    for table in (cos, sin, positions):
+                        torch._dynamo.mark_static_address(table)
             tables = (cos, sin, positions)
             self._state[key] = tables
         return tables
