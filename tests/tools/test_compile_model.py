@@ -18,7 +18,8 @@ from tests.tools.test_decode_runtime import SAMPLES, TINY_VLA, vla_handle
 from tools import compile_model
 from tools.decode_runtime import DecodeRuntime
 from tools.errors import InvalidArgumentError, UnsupportedDeviceError, UnsupportedFormatError
-from tools.handle import ModelHandle
+from tools.architectures import build_model, canonical_ref, input_specs
+from tools.handle import ArchitectureRef, ModelHandle
 from tools.runtime import forward, synthesize_inputs
 
 
@@ -98,7 +99,13 @@ def test_saved_version_is_the_runtime_pt2_its_loader_runs(tmp_path: Path) -> Non
     from agents.workspace import Workspace
     from tools.decode_runtime import load_runtime
 
-    eager = vla_handle(**TINY_VLA)
+    # The session test's model (tests/api/test_sessions_runtime.py): inductor's graph cache serves both.
+    ref = canonical_ref(ArchitectureRef(name="vla", config=TINY_VLA))
+    torch.manual_seed(0)
+    eager = ModelHandle(
+        runtime="torch", format="state_dict", model=build_model(ref).eval(), inputs=input_specs(ref),
+        architecture=ref,
+    )  # fmt: skip
     compiled = compile_model(eager, device="cpu")
 
     workspace = Workspace(original=eager, artifacts_dir=tmp_path)
