@@ -16,9 +16,9 @@ import torch
 from tests.tools.conftest import mlp_handle
 from tests.tools.test_decode_runtime import SAMPLES, TINY_VLA, vla_handle
 from tools import compile_model
+from tools.architectures import build_model, canonical_ref, input_specs
 from tools.decode_runtime import DecodeRuntime
 from tools.errors import InvalidArgumentError, UnsupportedDeviceError, UnsupportedFormatError
-from tools.architectures import build_model, canonical_ref, input_specs
 from tools.handle import ArchitectureRef, ModelHandle
 from tools.runtime import forward, synthesize_inputs
 
