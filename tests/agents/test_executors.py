@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from agents.worker import claim_session
+from api.main import create_app
 from state import runs
 from state.db import create_engine_for, run_migrations, session_factory
 from state.event_log import EventLog
@@ -268,3 +269,53 @@ def test_the_api_serves_status_and_listings_without_torch(tmp_path: Path) -> Non
 def test_the_settings_refuse_a_heartbeat_slower_than_half_the_lease(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="RUN_HEARTBEAT_S"):
         make_settings(tmp_path, run_lease_s=4.0, run_heartbeat_s=3.0)
+
+
+async def test_a_running_session_taken_over_stops_its_old_worker_without_a_write(
+    tmp_path: Path, db_url: str
+) -> None:
+    """End to end, in-process: the attempt of a running session is taken over by another worker; the
+    old one stops at its next write or beat, records nothing (no failure, no event), and ends `lost`."""
+    settings = make_settings(
+        tmp_path / "data",
+        db_url,
+        executor="inprocess",
+        run_lease_s=4.0,
+        run_heartbeat_s=1.0,
+        max_upload_mb=20,
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client:
+            headers = await login(client, "admin", ADMIN_PASSWORD)
+            model_id = await upload_policy(client, headers, tmp_path)
+            r = await client.post("/optimize", headers=headers, json={"model_id": model_id, **SLOW})
+            sid = r.json()["session_id"]
+            sm = app.state.sessionmaker
+            deadline = time.monotonic() + 120
+            while (await client.get(f"/sessions/{sid}/status", headers=headers)).json()["trials_done"] < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            # Another worker takes the session over (as after the old one's lease ran out).
+            async with sm() as db:
+                old = (await db.exec(select(SessionRun).where(SessionRun.session_id == sid))).one()
+                old.lease_expires_at = runs.utcnow()
+                db.add(old)
+                await db.commit()
+            intruder = await runs.claim(sm, sid, runs.worker_identity("intruder"), lease_s=600)
+            assert isinstance(intruder, Claim) and intruder.attempt == 2
+            async with sm() as db:
+                seen = len((await db.exec(select(SessionEvent).where(SessionEvent.session_id == sid))).all())
+            stopped = time.monotonic() + 30
+            while app.state.executor.is_running(sid):
+                assert time.monotonic() < stopped, "the old worker kept running after the takeover"
+                await asyncio.sleep(0.1)
+            async with sm() as db:
+                row = await db.get(OptimizationSession, sid)
+                after = len((await db.exec(select(SessionEvent).where(SessionEvent.session_id == sid))).all())
+            assert after == seen  # not one event from the worker that lost its lease
+            assert row.status == "running" and row.error is None  # nor a failure or an end
+            attempts = await runs.attempts(sm, sid)
+            assert [(a.attempt, a.status) for a in attempts] == [(1, "expired"), (2, "active")]
+            await runs.end(sm, intruder.run_id, "finished")
