@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents.state import ToolCall, VersionRecord
+from agents.state import BASELINE_VERSION, ToolCall, VersionRecord
 
 
 @dataclass
@@ -89,6 +89,12 @@ class Workspace:
         handle = self.replay(version.recipe)
         self._cache[version.id] = handle
         return handle
+
+    def cached(self, version_id: str) -> Any | None:
+        """The version's handle if it is at hand (the original always is), else None: nothing is rebuilt."""
+        if version_id == BASELINE_VERSION:
+            return self.original()
+        return self._cache.get(version_id)
 
     def replay(self, calls: list[ToolCall]) -> Any:
         handle = self.original()

@@ -83,3 +83,57 @@ async def test_a_local_session_reports_the_metric_it_gated_on_and_why() -> None:
     assert accuracy["metric"] == "centered_cosine" and accuracy["metric_reason"] == summary["metric_reason"]
     measured = [t["measurement"] for t in outcome.report["trials"] if t.get("measurement")]
     assert measured and all(m["accuracy_metric"] == "centered_cosine" for m in measured)
+
+
+class Slowed(nn.Module):
+    """The same network, 3 ms slower per call: what a loaded CPU does to one measurement and not another."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(0.003)
+        return self.inner(obs)
+
+
+def test_paired_latencies_are_measured_side_by_side() -> None:
+    from agents.graph import paired_p50
+
+    ref = ArchitectureRef(name="mlp_policy", config={"obs_dim": 8, "act_dim": 2, "hidden": [32]})
+    net = build_model(ref).eval()
+    fast = ModelHandle(
+        runtime="torch", format="state_dict", model=net, inputs=input_specs(ref), architecture=ref
+    )
+    slow = fast.clone(model=Slowed(net))
+    criteria = Criteria(benchmark_iterations=5, benchmark_warmup=1)
+    fast_p50, slow_p50 = paired_p50([fast, slow], criteria, "cpu")
+    assert slow_p50 - fast_p50 >= 2.5 and fast_p50 < 2.5
+
+
+async def test_the_gate_compares_a_candidate_with_the_current_version_measured_side_by_side() -> None:
+    ref = ArchitectureRef(name="mlp_policy", config={"obs_dim": 12, "act_dim": 3, "hidden": [256, 256]})
+    torch.manual_seed(0)
+    handle = ModelHandle(
+        runtime="torch", format="state_dict", model=build_model(ref).eval(), inputs=input_specs(ref),
+        architecture=ref,
+    )
+    criteria = {"criteria_name": "balanced_optimization", "target_accuracy_threshold": 0.9, "max_trials": 3}
+    outcome = await optimize_local_async(handle, criteria)
+    trials = [t for t in outcome.report["trials"] if t.get("meets")]
+    assert trials, outcome.report["trials"]
+    versions = {"v0": outcome.baseline.latency_p50_ms}
+    for t in outcome.report["trials"]:
+        paired = (t.get("tool_metrics") or {}).get("paired_latency")
+        if t.get("meets"):
+            assert paired is not None and paired["against"] in versions
+            # The candidate's latency is the current version's, times the ratio measured side by side.
+            expected = versions[paired["against"]] * paired["ratio"]
+            assert abs(t["measurement"]["latency_p50_ms"] - expected) <= 1e-3 * expected + 1e-6
+            assert paired["unpaired_p50_ms"] > 0
+        else:
+            assert paired is None
+        if t["status"] == "accepted":
+            versions[t["version_id"]] = t["measurement"]["latency_p50_ms"]
