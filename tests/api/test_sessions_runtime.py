@@ -87,3 +87,49 @@ async def test_cpu_session_chooses_the_runtime_and_results_record_it(
     runtime = load_runtime(saved, mode=None)
     with torch.inference_mode():
         assert np.array_equal(runtime(*tensors).argmax(-1).numpy(), model(*tensors).argmax(-1).numpy())
+
+
+DECODER_LAYERS = ["vision.blocks.0.fc1", "layers.0.self_attn.q_proj", "layers.0.mlp.up_proj", "lm_head"]
+DECODER_PROFILE: dict[str, Any] = {
+    "total_parameters": 1_000_000,
+    "parameters_by_layer_type": {"Linear": 1_000_000},
+    "quantizable_layers": DECODER_LAYERS,
+    "prunable_layers": DECODER_LAYERS,
+    "layers": [
+        {"name": n, "type": "Linear", "parameters": p}
+        for n, p in zip(DECODER_LAYERS, [100_000, 300_000, 500_000, 100_000], strict=True)
+    ],
+}
+
+
+def test_rules_planner_tries_the_runtime_first_on_a_gpu_and_only_when_compilation_is_allowed() -> None:
+    from agents.criteria import Criteria
+    from agents.planners.base import check_allowed
+    from agents.planners.rules import decide
+    from agents.state import ToolCall
+    from tests.agents.test_rules_planner import PROFILE, History
+
+    both = Criteria(optimization_techniques=["quantization", "compilation"], criteria_name="max_speed")
+    first = decide(History().view(both, device="cuda", profile=DECODER_PROFILE))
+    assert first.strategy == "compile_runtime"
+    assert first.calls == [
+        ToolCall(tool="compile_model", arguments={"device": "cuda", "mode": "reduce-overhead"})
+    ]
+    # On a CPU the compression steps come first; without a decoder, or without `compilation`, never.
+    cpu = decide(History().view(both, device="cpu", profile=DECODER_PROFILE))
+    assert cpu.calls[0].tool == "quantize"
+    only = Criteria(optimization_techniques=["compilation"], criteria_name="max_speed")
+    assert (
+        decide(History().view(only, device="cpu", profile=DECODER_PROFILE)).calls[0].tool == "compile_model"
+    )
+    assert decide(History().view(only, device="cuda", profile=PROFILE)).kind == "finish"
+    quant = Criteria(optimization_techniques=["quantization"], criteria_name="max_speed")
+    assert decide(History().view(quant, device="cuda", profile=DECODER_PROFILE)).calls[0].tool == "quantize"
+    view = History().view(quant, device="cuda", profile=DECODER_PROFILE)
+    problem = check_allowed(ToolCall(tool="compile_model", arguments={}), view)
+    assert problem is not None and "compilation" in problem
+    # The LLM planner sees compile_model only when the session allows it.
+    from agents.toolset import planner_tools
+
+    assert "compile_model" not in {t["function"]["name"] for t in planner_tools()}
+    assert "compile_model" in {t["function"]["name"] for t in planner_tools(compilation=True)}
