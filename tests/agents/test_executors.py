@@ -16,6 +16,7 @@ import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -297,14 +298,24 @@ async def test_a_running_session_taken_over_stops_its_old_worker_without_a_write
             while (await client.get(f"/sessions/{sid}/status", headers=headers)).json()["trials_done"] < 1:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
-            # Another worker takes the session over (as after the old one's lease ran out).
+            # Another worker takes the session over (as `claim` does once the old lease ran out; done
+            # here in one transaction so that the old worker's heartbeat cannot renew in between).
             async with sm() as db:
                 old = (await db.exec(select(SessionRun).where(SessionRun.session_id == sid))).one()
-                old.lease_expires_at = runs.utcnow()
+                old.status, old.ended_at = "expired", runs.utcnow()
                 db.add(old)
+                await db.flush()
+                now = runs.utcnow()
+                intruder = SessionRun(
+                    session_id=sid,
+                    attempt=2,
+                    worker_id=runs.worker_identity("intruder"),
+                    lease_expires_at=now + timedelta(seconds=600),
+                    heartbeat_at=now,
+                )
+                db.add(intruder)
                 await db.commit()
-            intruder = await runs.claim(sm, sid, runs.worker_identity("intruder"), lease_s=600)
-            assert isinstance(intruder, Claim) and intruder.attempt == 2
+                intruder_id = intruder.id
             async with sm() as db:
                 seen = len((await db.exec(select(SessionEvent).where(SessionEvent.session_id == sid))).all())
             stopped = time.monotonic() + 30
@@ -318,4 +329,4 @@ async def test_a_running_session_taken_over_stops_its_old_worker_without_a_write
             assert row.status == "running" and row.error is None  # nor a failure or an end
             attempts = await runs.attempts(sm, sid)
             assert [(a.attempt, a.status) for a in attempts] == [(1, "expired"), (2, "active")]
-            await runs.end(sm, intruder.run_id, "finished")
+            await runs.end(sm, intruder_id, "finished")
