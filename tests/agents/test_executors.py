@@ -230,7 +230,8 @@ def test_the_api_serves_status_and_listings_without_torch(tmp_path: Path) -> Non
         f"""
         import asyncio, json, sys
         import httpx
-                from state.sessions import OptimizationSession
+        from api.main import create_app
+        from state.sessions import OptimizationSession
         from tests.conftest import make_settings
 
         async def main():
