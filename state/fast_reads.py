@@ -28,7 +28,10 @@ class FastReader:
         self._async = async_engine
         self._sync: Engine | None = None
         if is_sqlite(url):
-            self._sync = create_engine(sync_url(url), pool_size=2, max_overflow=2)
+            # No rollback on return: a query_only connection never holds a transaction after a read.
+            self._sync = create_engine(
+                sync_url(url), pool_size=2, max_overflow=2, pool_reset_on_return=None
+            )
 
             @event.listens_for(self._sync, "connect")
             def _pragmas(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
