@@ -166,7 +166,7 @@ def fence_checkpoints(saver: Any) -> Any:
 
 async def run_in_worker(settings: Settings, session_id: str, worker_id: str) -> str:
     """A worker's whole run of one session: its own engine, checkpointer, event log and runner."""
-    from state.artifacts import ArtifactStore
+    from state.artifacts import store_from_settings
     from state.checkpoints import open_checkpointer
     from state.db import create_engine_for, session_factory
     from state.event_log import EventLog
@@ -178,7 +178,7 @@ async def run_in_worker(settings: Settings, session_id: str, worker_id: str) -> 
             runner = SessionRunner(
                 settings=settings,
                 sessionmaker=sessionmaker,
-                store=ArtifactStore(settings.artifacts_dir),
+                store=store_from_settings(settings),  # ARTIFACT_STORE: shared storage across workers
                 events=EventLog(sessionmaker),
                 checkpointer=fence_checkpoints(await open_checkpointer(settings, stack)),
             )
