@@ -93,6 +93,7 @@ def probe_input_spec(
     }
     if not handle.inputs:
         return ProbedSignature(None, info)
+    _check_probe_size(list(handle.inputs))
     from tools.evaluation import output_specs
 
     # One forward pass: the outputs it gives are stored (a metric is checked against them at
@@ -105,6 +106,27 @@ def probe_input_spec(
             details=exc.details,
         ) from exc
     return ProbedSignature(list(handle.inputs), info, outputs)
+
+
+# The probe's synthesized inputs (batch 1, dynamic axes 16) may take at most this much memory. A
+# declared input of [2^31, 2^31, 4] floats was a 500 (numpy refused the allocation): found by the
+# hostile corpus (tests/corpus/make_corpus.py, onnx_absurd_input).
+MAX_PROBE_INPUT_BYTES = 1 << 30
+
+
+def _check_probe_size(specs: list[InputSpec]) -> None:
+    total = 0
+    for spec in specs:
+        elements = 1
+        for i, d in enumerate(spec.shape):
+            elements *= (1 if i == 0 else 16) if d is None else max(int(d), 0)
+        total += elements * 8  # the widest dtype: an upper bound without a dtype table
+    if total > MAX_PROBE_INPUT_BYTES:
+        raise InvalidModelError(
+            f"the model declares inputs of {total // 8} elements; one sample would need more than "
+            f"{MAX_PROBE_INPUT_BYTES >> 20} MiB",
+            details={"inputs": [s.model_dump() for s in specs]},
+        )
 
 
 def report_details(report: FormatReport) -> dict[str, Any]:

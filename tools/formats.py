@@ -311,11 +311,12 @@ def _scan_pickle_bytes(data: bytes, *, what: str, torchscript: bool = False, cou
 def _scan_pickle_stream(stream: IO[bytes], *, what: str, torchscript: bool = False, count: int = 1) -> int:
     """Scan `count` consecutive pickles read from `stream` (never loaded whole); return bytes read."""
     scan = _PickleScan()
+    broken: Exception | None = None
     try:
         for _ in range(count):
             scan.scan(stream)
     except (ValueError, EOFError, struct.error, UnicodeDecodeError) as exc:
-        raise InvalidModelError(f"{what} is truncated or not a valid pickle: {exc}") from exc
+        broken = exc  # code found before the break still names the file as unsafe (checked first)
     allowed = _allowed_globals()
     offending = sorted(
         {
@@ -335,6 +336,8 @@ def _scan_pickle_stream(stream: IO[bytes], *, what: str, torchscript: bool = Fal
             f"{what} builds a global from computed names (STACK_GLOBAL without literal strings) and was not "
             "unpickled"
         )
+    if broken is not None:
+        raise InvalidModelError(f"{what} is truncated or not a valid pickle: {broken}") from broken
     return stream.tell()
 
 
