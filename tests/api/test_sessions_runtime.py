@@ -53,7 +53,7 @@ async def test_cpu_session_chooses_the_runtime_and_results_record_it(
     r = await client.post("/optimize", headers=admin_headers, json=body)
     assert r.status_code == 200, r.text
     session_id = r.json()["session_id"]
-    status = await wait_terminal(client, admin_headers, session_id, timeout_s=240)
+    status = await wait_terminal(client, admin_headers, session_id, timeout_s=480)
     assert status["status"] == "completed", status
 
     results = (await client.get(f"/sessions/{session_id}/results", headers=admin_headers)).json()
