@@ -3,8 +3,9 @@
 aiosqlite runs every call on a helper thread: a one-row primary-key read costs about 0.6 ms of CPU
 in hops and futures, for a query SQLite answers in microseconds. In WAL mode a reader never waits
 for the writer, so on SQLite the read runs synchronously on the caller's thread through a small
-sync engine (about 0.08 ms), with a short busy timeout; should SQLite still answer "busy" (a WAL
-recovery), the read goes through the async engine instead. Other databases use the async engine.
+sync engine (about 0.1 ms), with no busy timeout at all: should SQLite answer "busy" (a WAL
+recovery), the read goes through the async engine instead, which may wait off the event loop.
+Other databases use the async engine.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sqlalchemy.sql import Executable
 
 from state.db import is_sqlite, sync_url
 
-BUSY_TIMEOUT_MS = 50  # bounded: this read runs on the event loop
+BUSY_TIMEOUT_MS = 0  # never wait on a lock here: this read runs on the event loop
 
 
 class FastReader:
