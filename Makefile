@@ -4,17 +4,30 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve demo test lint eval-smoke bench-upload bench-tus bench-status bench-libraries gpu-check clean ray-up ray-down
+.PHONY: install lock audit serve demo test lint eval-smoke bench-upload bench-tus bench-status bench-libraries gpu-check clean ray-up ray-down
 
 install: $(STAMP)
 
-# torch goes first, pinned, so that the project's `torch>=2.10` adds nothing (a CPU build from disk).
-$(STAMP): pyproject.toml
+# torch goes first, pinned, so that the project's `torch>=2.10` adds nothing (a CPU build from disk);
+# then exactly the versions of requirements.lock, then the project itself without resolving anything.
+# `pip check` fails when pyproject.toml names a dependency the lock lacks: run `make lock`.
+$(STAMP): pyproject.toml requirements.lock
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install torch==2.13.0
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -r requirements.lock
+	$(BIN)/pip install --no-deps -e '.[dev]'
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Re-resolve pyproject.toml (with the dev extras) into requirements.lock; rerun after changing a dependency.
+lock:
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python scripts/lock_deps.py
+
+# Known vulnerabilities in the locked dependencies (pip-audit); fails on one that has a fixed release.
+audit: install
+	$(BIN)/python scripts/audit_deps.py
 
 serve: install
 	$(BIN)/python -m api

@@ -11,6 +11,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psutil
 from fastapi import FastAPI
 from sqlmodel import select
 
@@ -33,6 +34,7 @@ from api.security import (
     load_or_create_secret,
     verify_password,
 )
+from api.uploads import partial_owner
 from state.artifacts import store_from_settings
 from state.db import create_engine_for, run_migrations, session_factory
 from state.settings import Settings, get_settings
@@ -172,12 +174,21 @@ STALE_UPLOAD_S = 3600
 
 
 def _remove_stale_partial_uploads(settings: Settings) -> None:
-    # Left by a process killed mid-upload; nothing references them. Only old ones: another worker
-    # sharing DATA_DIR may be receiving a fresh one right now.
+    # Left by a process killed mid-upload; nothing references them. A partial written on this host
+    # by a process that is gone goes now; any other only when old: another worker sharing DATA_DIR
+    # may be receiving a fresh one right now.
     cutoff = time.time() - STALE_UPLOAD_S
+    host = partial_owner().rsplit("-", 1)[0]
     for leftover in settings.uploads_dir.glob(".upload-*"):
         try:
-            if leftover.stat().st_mtime < cutoff:
+            parts = leftover.name.split("-")
+            dead_here = (
+                len(parts) >= 4
+                and parts[1] == host
+                and parts[2].isdigit()
+                and not psutil.pid_exists(int(parts[2]))
+            )
+            if dead_here or leftover.stat().st_mtime < cutoff:
                 leftover.unlink(missing_ok=True)
         except OSError:
             pass

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -196,9 +197,17 @@ def _write_block(f: IO[bytes], digest: hashlib._Hash, block: bytes) -> None:
     digest.update(block)
 
 
+def partial_owner() -> str:
+    """`<host>-<pid>` of this process, as partial upload names carry it."""
+    host = "".join(c for c in socket.gethostname() if c.isalnum()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
 def _open_private(tmp_dir: Path) -> tuple[Path, IO[bytes]]:
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    path = tmp_dir / f".upload-{uuid.uuid4().hex}.part"
+    # Host and pid in the name: after a crash, the next start on this host knows the writer is dead
+    # (api/main.py removes it at once; other hosts' and live writers' partials are left alone).
+    path = tmp_dir / f".upload-{partial_owner()}-{uuid.uuid4().hex}.part"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     return path, os.fdopen(fd, "wb")
 

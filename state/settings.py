@@ -98,8 +98,8 @@ class Settings(BaseSettings):
     # The storage quota is user_storage_quota_gb above (uploads of every kind count against it).
     max_json_body_kb: int = Field(default=1024, ge=1, description="any request body but a file upload")
     user_max_models: int = Field(default=500, ge=1)
-    user_max_active_sessions: int = Field(default=8, ge=1, description="queued or running, per user")
-    user_max_queued_sessions: int = Field(default=4, ge=1, description="waiting for a slot, per user")
+    user_max_active_sessions: int = Field(default=32, ge=1, description="queued or running, per user")
+    user_max_queued_sessions: int = Field(default=24, ge=1, description="waiting for a slot, per user")
     user_max_sse_connections: int = Field(default=10, ge=1, description="live event streams per user")
 
     @field_validator("cors_origins", "model_import_dirs", "import_allowed_roles", mode="before")
