@@ -154,13 +154,11 @@ def to_onnx_model(handle: ModelHandle) -> Any:
         dynamic_axes["output"] = {0: "batch"}
     # Export in eval mode (dropout off) and give the caller's modules back each in the mode it was in
     # (a wrapper may be in training mode around a model in eval mode: `.train()` would wake its dropout).
-    # Exported programs' graph modules keep the mode they were exported in.
-    modes = (
-        {m: m.training for m in handle.model.modules()}
-        if isinstance(handle.model, torch.nn.Module) and not isinstance(handle.model, torch.fx.GraphModule)
-        else {}
-    )
-    if any(modes.values()):
+    # Exported programs' graph modules keep the mode they were exported in, but their modes are restored
+    # too: torch's TorchScript-based exporter sets the whole tree back to `training` afterwards, which
+    # woke the batch norms of a .pt2 ResNet (a batch of 1 then failed) in the handle it was given.
+    modes = {m: m.training for m in handle.model.modules()} if isinstance(handle.model, torch.nn.Module) else {}
+    if any(modes.values()) and not isinstance(handle.model, torch.fx.GraphModule):
         handle.model.eval()
     try:
         with exportable(handle) as (model, args):

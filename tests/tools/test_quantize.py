@@ -232,6 +232,41 @@ def test_torchscript_and_pt2_get_the_torch_paths(tmp_path: Path, fmt: str) -> No
     assert half.runtime == "torch" and _rel_error(forward(half, x), forward(handle, x)) < 0.002
 
 
+class _BatchNormNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.norm = torch.nn.BatchNorm2d(8)
+        self.pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.head = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(torch.relu(self.norm(self.conv(x)))).flatten(1))
+
+
+def test_an_onnx_export_leaves_a_pt2_models_modes_as_they_were(tmp_path: Path) -> None:
+    """torch's TorchScript-based ONNX exporter sets a module tree back to training afterwards; a .pt2
+    model's batch norms then refused a batch of 1 in every later benchmark of the original."""
+    from tools.exporting import export
+    from tools.handle import InputSpec
+    from tools.loading import load_model
+    from tools.runtime import torch_forward
+
+    torch.manual_seed(0)
+    net = ModelHandle(
+        runtime="torch", format="state_dict", model=_BatchNormNet().eval(),
+        inputs=[InputSpec(name="x", shape=[None, 3, 16, 16])],
+    )  # fmt: skip
+    loaded = load_model(export(net, "pt2", tmp_path / "m.pt2"))
+    modes = {name: m.training for name, m in loaded.model.named_modules()}
+    x = synthesize_inputs(loaded.inputs, batch_size=1)
+    before = forward(loaded, x)
+    quantize(loaded, "static_int8")  # through ONNX Runtime: exported to ONNX first
+    assert {name: m.training for name, m in loaded.model.named_modules()} == modes
+    tensors = [torch.from_numpy(x["x"])]
+    np.testing.assert_allclose(torch_forward(loaded, tensors).detach().numpy(), before, rtol=1e-5, atol=1e-6)
+
+
 def test_bitsandbytes_layer_swap_on_bnb_cpu_backend() -> None:
     """The bnb module swap itself (the public methods insist on CUDA), run on bitsandbytes' CPU backend."""
     import copy
