@@ -157,7 +157,8 @@ def to_onnx_model(handle: ModelHandle) -> Any:
     # Exported programs' graph modules keep the mode they were exported in, but their modes are restored
     # too: torch's TorchScript-based exporter sets the whole tree back to `training` afterwards, which
     # woke the batch norms of a .pt2 ResNet (a batch of 1 then failed) in the handle it was given.
-    modes = {m: m.training for m in handle.model.modules()} if isinstance(handle.model, torch.nn.Module) else {}
+    is_module = isinstance(handle.model, torch.nn.Module)
+    modes = {m: m.training for m in handle.model.modules()} if is_module else {}
     if any(modes.values()) and not isinstance(handle.model, torch.fx.GraphModule):
         handle.model.eval()
     try:
