@@ -53,10 +53,18 @@ def compile_model(handle: ModelHandle, *, device: str = "cpu", mode: str = "defa
             "a static cache (upload the weights with their architecture, or a transformers directory)",
         )
     decoder_view(eager)  # UnsupportedFormatError unless it is a decoder the runtime runs
+    torchao = [s for s in handle.recipe if (s.get("result") or {}).get("backend") == "torchao"]
+    if device == "cpu" and torchao:
+        # Inductor's CPU code for torchao's int8 weight tensors ended the process (a general protection
+        # fault in libtorch_cpu) on this machine, 2026-12-02: refused rather than risking a session.
+        raise UnsupportedFormatError(
+            f"compile_model on a CPU does not take torchao-quantized weights ({torchao[-1].get('method')}); "
+            "compile the float model, or quantize with dynamic_int8 / ONNX Runtime for a CPU",
+        )
     import torch._inductor.config as inductor_config
 
     # Lossless in bf16 / fp16 too: inductor rounds fused intermediates as eager does (without it, compiled
-    # bf16 vla-mini agreed with eager bf16 on 96.4% of action tokens on this CPU; with it, on all).
+    # bf16 vla-mini kept 96.4% of eager bf16's action tokens, `scripts/gpu_check.py --runtime-cpu`).
     inductor_config.emulate_precision_casts = True
     if device == "cpu" and (torch.get_num_threads() < IN_PROCESS_COMPILE_CORES):
         inductor_config.compile_threads = 1

@@ -80,6 +80,10 @@ def test_bad_input_gets_typed_errors(eager: ModelHandle) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UnsupportedDeviceError, match="CUDA"):
             compile_model(eager, device="cuda", mode="reduce-overhead")
+    from tools import quantize
+
+    with pytest.raises(UnsupportedFormatError, match="torchao"):
+        compile_model(quantize(eager, "weight_only_int8"), device="cpu")
 
 
 def test_gpu_weight_formats_are_typed_errors_on_cpu(eager: ModelHandle) -> None:
