@@ -63,8 +63,9 @@ def compile_model(handle: ModelHandle, *, device: str = "cpu", mode: str = "defa
         )
     import torch._inductor.config as inductor_config
 
-    # Lossless in bf16 / fp16 too: inductor rounds fused intermediates as eager does (without it, compiled
-    # bf16 vla-mini kept 96.4% of eager bf16's action tokens, `scripts/gpu_check.py --runtime-cpu`).
+    # Closer to eager in bf16 / fp16: inductor rounds fused intermediates as eager does (compiled bf16
+    # vla-mini, random weights, kept 96.4% of eager bf16's action tokens without it and 99.3% with it:
+    # `scripts/gpu_check.py --runtime-cpu`, 2026-12-02). float32 gives eager's tokens exactly (tests).
     inductor_config.emulate_precision_casts = True
     if device == "cpu" and (torch.get_num_threads() < IN_PROCESS_COMPILE_CORES):
         inductor_config.compile_threads = 1
