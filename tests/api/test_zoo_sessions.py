@@ -100,7 +100,8 @@ async def test_zoo_model_through_the_service(
     assert gains["accuracy_retained"]["optimized"] >= floor, results["optimization_summary"]
     # At least what one plain library call gives (torchao int8 weight-only leaves a .pt2 BERT's
     # embedding table in float: 47%); bench/vs_libraries.py compares the picks call by call.
-    assert gains["size_reduction_percent"]["value"] >= 45.0, (results["recipe"], gains)
+    tried = [(t["calls"], t["status"], t.get("decision"), t.get("error")) for t in results["trials"]]
+    assert gains["size_reduction_percent"]["value"] >= 45.0, (results["recipe"], gains, tried)
 
     # The download keeps the original's format and runs with its inputs in the plain runtime.
     selected = results["selected_version"]
