@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lock audit serve demo test lint eval-smoke bench-upload bench-tus bench-status bench-libraries gpu-check clean ray-up ray-down
+.PHONY: chaos install lock audit serve demo test lint eval-smoke bench-upload bench-tus bench-status bench-libraries gpu-check clean ray-up ray-down
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest -q
+
+# 10 sessions SIGKILLed at seeded moments on PostgreSQL (TEST_DATABASE_URL), each resumed to the end.
+chaos: install
+	$(BIN)/python -m pytest -q -m chaos -s tests/hardening/test_chaos.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -72,6 +72,7 @@ def _events(server: LiveServer, headers: dict[str, str], session_id: str) -> lis
 
 
 @pytest.mark.slow
+@pytest.mark.chaos
 @pytest.mark.postgres
 @pytest.mark.timeout(600)
 def test_sessions_survive_sigkill_at_random_moments(
