@@ -159,7 +159,13 @@ async def test_a_ray_worker_killed_mid_session_completes_on_another_without_repe
 
     final = await wait_terminal(client, headers, sid, timeout_s=240)
     assert final["status"] == "completed", final
-    attempts = await runs.attempts(app.state.sessionmaker, sid)
+    # The worker closes its attempt right after it writes the session's end: give that write a moment.
+    finish_by = time.monotonic() + 15
+    while True:
+        attempts = await runs.attempts(app.state.sessionmaker, sid)
+        if attempts[-1].status != "active" or time.monotonic() > finish_by:
+            break
+        await asyncio.sleep(0.2)
     assert [(a.attempt, a.status) for a in attempts] == [(1, "expired"), (2, "finished")]
     assert attempts[1].worker_id.split(":")[3] != str(pid)  # Ray ran the retry on another worker
     trials = (await client.get(f"/sessions/{sid}/results", headers=headers)).json()["trials"]
