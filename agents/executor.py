@@ -18,6 +18,7 @@ session id, know whether it runs (or holds a slot), stop everything at shut-down
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -56,7 +57,7 @@ class Executor(Protocol):
     async def shutdown(self) -> None: ...
 
 
-class _Slots:
+class _Slots(abc.ABC):
     """Submitted sessions as asyncio tasks, at most `max_concurrent` holding a slot at once."""
 
     def __init__(self, max_concurrent: int) -> None:
@@ -83,8 +84,9 @@ class _Slots:
             finally:
                 self._started.discard(session_id)
 
+    @abc.abstractmethod
     async def _run(self, session_id: str) -> None:
-        raise NotImplementedError
+        """Run the session to its end (in this process or a worker's)."""
 
     def is_running(self, session_id: str) -> bool:
         task = self._tasks.get(session_id)

@@ -14,6 +14,7 @@ calls its `on_reconnect` handlers, which wake every subscriber and clear the cac
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import logging
@@ -75,7 +76,7 @@ class EventBus:
 LocalBus = EventBus
 
 
-class _ListeningBus(EventBus):
+class _ListeningBus(EventBus, abc.ABC):
     """A listener task that reconnects with backoff; subclasses open the connection and read it."""
 
     cross_process = True
@@ -128,8 +129,9 @@ class _ListeningBus(EventBus):
                 log.warning("%s event bus connection lost (%s); retrying in %.1f s", self.kind, exc, delay)
                 await asyncio.sleep(delay)
 
-    def _listen(self) -> Any:  # an async iterator of (channel | None, payload); None: "now listening"
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _listen(self) -> Any:
+        """An async iterator of (channel | None, payload); None: "now listening"."""
 
     async def _close_publisher(self) -> None:
         return None

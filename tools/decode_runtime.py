@@ -24,6 +24,7 @@ with caches local to the call (batch stays dynamic): that `.pt2` is the download
 
 from __future__ import annotations
 
+import abc
 import copy
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos.to(x.dtype) + _rotate_half(x) * sin.to(x.dtype)
 
 
-class DecoderView:
+class DecoderView(abc.ABC):
     """Where an eager decoder keeps its parts; looked up at each call, never copied."""
 
     kind: str = ""
@@ -73,23 +74,28 @@ class DecoderView:
     def __init__(self, root: nn.Module) -> None:
         self.root = root
 
+    @abc.abstractmethod
     def layers(self) -> nn.ModuleList:
-        raise NotImplementedError
+        """The decoder layers, in order."""
 
+    @abc.abstractmethod
     def embed(self) -> nn.Module:
-        raise NotImplementedError
+        """The token embedding."""
 
+    @abc.abstractmethod
     def norm(self) -> nn.Module:
-        raise NotImplementedError
+        """The final norm."""
 
     def lm_head(self) -> nn.Module:
         return self.root.lm_head  # type: ignore[return-value]
 
+    @abc.abstractmethod
     def rope_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """The rotary (cos, sin) tables at every position."""
 
+    @abc.abstractmethod
     def shape(self, layer: nn.Module) -> LayerShape:
-        raise NotImplementedError
+        """Head counts and sizes of one layer."""
 
 
 class VLAView(DecoderView):
