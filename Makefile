@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: chaos install lock audit serve demo test lint eval-smoke bench-upload bench-tus bench-status bench-libraries gpu-check clean ray-up ray-down
+.PHONY: chaos test-ray install lock audit serve demo test lint eval-smoke bench-upload bench-tus bench-status bench-libraries gpu-check clean ray-up ray-down
 
 install: $(STAMP)
 
@@ -51,6 +51,10 @@ browser:
 
 test: install browser
 	$(BIN)/python -m pytest -q
+
+# Sessions on a local Ray cluster (a cluster start per module, kills and retries): minutes.
+test-ray: install
+	$(BIN)/python -m pytest -q -m ray tests/api/test_ray_executor.py
 
 # 10 sessions SIGKILLed at seeded moments on PostgreSQL (TEST_DATABASE_URL), each resumed to the end.
 chaos: install

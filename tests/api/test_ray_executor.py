@@ -30,7 +30,7 @@ from tests.conftest import ADMIN_PASSWORD, free_port, login, make_settings
 
 pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[dev]')")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 QUICK = {"planner": "rules", "max_trials": 2, "benchmark_iterations": 50, "benchmark_warmup": 2}
 SLOW = {
