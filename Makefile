@@ -83,7 +83,7 @@ gpu-check: install
 
 # A local Ray head for EXECUTOR=ray (then RAY_ADDRESS=127.0.0.1:$(RAY_PORT) make serve); ray-down stops
 # this machine's Ray processes.
-RAY_PORT ?= 6379
+RAY_PORT ?= 6380  # not Ray's default 6379: Redis (EVENT_BUS=redis) listens there
 ray-up: install
 	$(BIN)/ray start --head --port=$(RAY_PORT) --include-dashboard=false --disable-usage-stats
 
