@@ -63,7 +63,34 @@ _CONTROLLED_ENV_PREFIXES = (
     "RAY_",
     "RUN_",
     "WORKER_",
+    "EVENT_",
+    "REDIS_URL",
+    "AUTH_CACHE_",
+    "ARTIFACT_",
+    "S3_ENDPOINT_URL",
+    "COMPUTE_NICE",
+    "MAX_",
+    "USER_MAX_",
+    "USER_STORAGE_",
+    "UPLOAD_",
+    "MODEL_IMPORT_",
+    "IMPORT_ALLOWED_",
 )
+# Every knob of the one settings object, by its environment name (pydantic-settings matches them
+# case-insensitively): a setting added later is controlled without being listed above.
+_SETTINGS_ENV = frozenset(name.upper() for name in Settings.model_fields)
+
+
+def _controlled(name: str) -> bool:
+    upper = name.upper()
+    return upper in _SETTINGS_ENV or upper.startswith(_CONTROLLED_ENV_PREFIXES)
+
+
+# Not only live servers: the in-process settings (`make_settings`) read the environment for every
+# field they are not given, so a developer's EVENT_BUS=redis or ARTIFACT_STORE=s3://... would change
+# what the tests run against. Tests that need one set it themselves (monkeypatch or a server's env).
+for _name in [k for k in os.environ if _controlled(k)]:
+    del os.environ[_name]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -336,7 +363,7 @@ class LiveServer:
 
 
 def live_server_env(data_dir: Path, port: int, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_CONTROLLED_ENV_PREFIXES)}
+    env = {k: v for k, v in os.environ.items() if not _controlled(k)}
     env.update(
         {
             "DATA_DIR": str(data_dir),
