@@ -169,9 +169,13 @@ async def run_in_worker(settings: Settings, session_id: str, worker_id: str) -> 
     from state.artifacts import store_from_settings
     from state.checkpoints import open_checkpointer
     from state.db import create_engine_for, session_factory
+    from state.event_bus import create_publisher
     from state.event_log import EventLog
 
     engine = create_engine_for(settings.resolved_database_url)
+    # EVENT_BUS=redis: every event this worker appends is also published, so that the SSE streams of
+    # every API replica wake at once (PostgreSQL's NOTIFY goes out with the append's transaction).
+    bus = create_publisher(settings.event_bus, settings.resolved_database_url, settings.redis_url)
     try:
         async with AsyncExitStack() as stack:
             sessionmaker = session_factory(engine)
@@ -179,11 +183,13 @@ async def run_in_worker(settings: Settings, session_id: str, worker_id: str) -> 
                 settings=settings,
                 sessionmaker=sessionmaker,
                 store=store_from_settings(settings),  # ARTIFACT_STORE: shared storage across workers
-                events=EventLog(sessionmaker),
+                events=EventLog(sessionmaker, notifier=bus.publish if bus is not None else None),
                 checkpointer=fence_checkpoints(await open_checkpointer(settings, stack)),
             )
             return await run_attempt(runner, settings, session_id, worker_id)
     finally:
+        if bus is not None:
+            await bus.stop()
         await engine.dispose()
 
 

@@ -248,4 +248,16 @@ def create_event_bus(event_bus: str, database_url: str, redis_url: str) -> Event
     return EventBus()
 
 
+def create_publisher(event_bus: str, database_url: str, redis_url: str) -> EventBus | None:
+    """What a process that only writes events (a session worker) publishes them on, or None.
+
+    PostgreSQL's NOTIFY is sent by the event log's append itself, in its transaction, whoever writes;
+    Redis needs a publisher in the writing process (it listens to nothing: `start` is not needed);
+    the in-process bus reaches no other process, so a worker has nothing to publish on.
+    """
+    if bus_kind(event_bus, database_url) == "redis":
+        return RedisBus(redis_url)
+    return None
+
+
 Notifier = Callable[[str, str], Awaitable[None]]

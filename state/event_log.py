@@ -15,6 +15,7 @@ subscribers re-read the log. The notification carries nothing else, so nothing i
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -31,6 +32,7 @@ from state.event_bus import EVENTS_CHANNEL, Notifier
 from state.sessions import SessionEvent
 
 QUEUE_SIZE = 1000
+log = logging.getLogger("robopt.events")
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,10 @@ class EventLog:
                 record = EventRecord(session_id, row.seq, row.type, row.payload, row.created_at)
         self._publish(record)
         if self.notifier is not None:
-            await self.notifier(EVENTS_CHANNEL, f"{session_id}:{record.seq}")
+            try:
+                await self.notifier(EVENTS_CHANNEL, f"{session_id}:{record.seq}")
+            except Exception as exc:  # noqa: BLE001 - the event is committed; a lost wake-up costs a delay
+                log.warning("event %s:%d not published on the bus: %s", session_id, record.seq, exc)
         return record
 
     def wake(self, session_id: str) -> None:
