@@ -40,6 +40,13 @@ groups by the output error they cause per byte they save, and keeps the costlies
 (float; 8-bit for weight_only_int4) until `evaluate` (the gate's own metric, on the same data) retains
 the target.
 
+Size targets (`size_target`, weight_only_int4): `tools.sensitivity.choose_for_size` picks, per layer group,
+float, int8 (per channel, folded at load), a fraction (1/4, 3/8, 1/2) of a MatMul's output channels in
+4-bit with the rest int8, or 4-bit (asymmetric blocks), at the least measured error that fits the bytes.
+On the eval suite's reacher MLP (10-256-256-2) uniform int8 is 3.70x smaller and cannot reach 4x; 3/8 of
+the hidden layer's channels in 4-bit reached 4.07x at 100.6% of the accuracy, where the whole layer in
+4-bit kept 94% (2026-12-03, 2-core CPU; `python -m evals run --suite smoke --case reacher-mlp` runs it).
+
 Layer selection: `include` / `exclude` patterns match the node name, its weight initializers and the torch
 module the node was exported from (see `onnx_layer_names`); excluded layers stay float. The input handle
 is never modified.
@@ -431,9 +438,13 @@ def _quantize_prepared(
             layers_8bit=[n for n in done if n in high],
             block_size=block,
             bits=4,
-            symmetric=True,
+            symmetric=size_target is None,
             accuracy_level=4,
         )
+        if size_target is not None:
+            result["layers_split"] = {n: p for n, p in result["layer_precisions"].items() if ":" in p}
+            if session_config(quantized):
+                result["session_config"] = session_config(quantized)
     elif method == "weight_only_int8":
         result.update(
             per_channel=True, symmetric=True, activations="float", session_config=FOLD_WEIGHTS_CONFIG
@@ -512,7 +523,9 @@ def _apply(
 # 4-bit (and 8-bit) block-wise weights
 
 
-def _weight_only_blocks(model: Any, four: list[str], eight: list[str], block: int) -> Any:
+def _weight_only_blocks(
+    model: Any, four: list[str], eight: list[str], block: int, *, symmetric: bool = True
+) -> Any:
     """4-bit blocks of `block` for `four`; `eight` (the layers mixed precision keeps higher) in 8-bit blocks.
 
     8-bit MatMulNBits rather than dynamic int8 for the higher-precision layers: its kernel quantizes the
@@ -538,13 +551,127 @@ def _weight_only_blocks(model: Any, four: list[str], eight: list[str], block: in
                     size //= 2
                 by_block.setdefault(size, []).append(name)
             for size, group in sorted(by_block.items()):
-                out = _matmul_nbits(out, group, bits, size)
+                out = _matmul_nbits(out, group, bits, size, symmetric=symmetric or bits == 8)
     gathers = {n: 4 for n in four if kinds.get(n) == "Gather"} | {
         n: 8 for n in eight if kinds.get(n) == "Gather"
     }
     if gathers:
         _gather_blocks(out, gathers, block)
     return out
+
+
+# Size-target precisions between int8 and int4 for a MatMul: that fraction of its output channels in 4-bit
+# blocks, the rest int8 (tools.sensitivity's knapsack picks one per layer group like any precision).
+SPLIT_PRECISIONS = ("int4:0.25", "int4:0.375", "int4:0.5")
+
+
+def _weight_only_sized(model: Any, assign: dict[str, str], block: int) -> Any:
+    """`model` (not modified) at the size-target precisions `assign` (layer -> "int8", "int4" or "int4:f").
+
+    What each precision runs as, chosen for the least error at the bytes it takes (a size target is about
+    the file, the kernels keep their speed):
+    - "int4": MatMulNBits 4-bit blocks, asymmetric (a zero point per block: on the eval suite's reacher MLP
+      its hidden 256x256 layer in 4-bit kept 97.8% of the within-tolerance accuracy, against 94.4%
+      symmetric); 4-bit embedding tables (GatherBlockQuantized).
+    - "int8": MatMul weights per channel behind DequantizeLinear, folded into float at load (float
+      accuracy: 100.5% on that MLP, where MatMulNBits 8-bit blocks kept 95%); a graph older than opset 13
+      has no per-channel DequantizeLinear and takes 8-bit blocks. Tables: 8-bit GatherBlockQuantized.
+    - "int4:f": a MatMul's output channels split in two MatMuls, the fraction f whose 4-bit error is the
+      least in 4-bit blocks and the rest int8 as above, concatenated and put back in order (one Gather);
+      on other ops, "int8".
+    """
+    kinds = {n.name: n.op_type for n in model.graph.node}
+    splits = {
+        n: float(p.split(":", 1)[1])
+        for n, p in assign.items()
+        if p.startswith("int4:") and kinds.get(n) == "MatMul"
+    }
+    graph, parts = _split_output_channels(model, splits, block)
+    four = [n for n, p in assign.items() if p == "int4"] + [low for low, _ in parts.values()]
+    eight = [n for n, p in assign.items() if p == "int8" or (p.startswith("int4:") and n not in parts)]
+    eight += [high for _, high in parts.values()]
+    matmul_eight = [n for n in eight if kinds.get(n, "MatMul") == "MatMul"]
+    if matmul_eight and _opset(graph) >= 13:
+        graph = _weight_only_int8(graph, matmul_eight)
+        eight = [n for n in eight if n not in matmul_eight]
+    return _weight_only_blocks(graph, four, eight, block, symmetric=False)
+
+
+def _split_output_channels(
+    model: Any, fractions: dict[str, float], block: int
+) -> tuple[Any, dict[str, tuple[str, str]]]:
+    """A copy of `model` with each MatMul in `fractions` split by output channel: (graph, node -> (the
+    part for 4-bit, the part for int8)). The 4-bit part holds the channels with the least relative 4-bit
+    block error; Concat + Gather restore the original channel order. A weight that another node also reads,
+    or one narrower than 16 channels, is left whole."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers[i] = readers.get(i, 0) + 1
+    parts: dict[str, tuple[str, str]] = {}
+    nodes: list[Any] = []
+    for node in graph.node:
+        f = fractions.get(node.name)
+        weight = inits.get(node.input[1]) if f is not None and len(node.input) > 1 else None
+        if weight is None or readers.get(weight.name, 0) != 1 or len(weight.dims) != 2 or weight.dims[1] < 16:
+            nodes.append(node)
+            continue
+        w = numpy_helper.to_array(weight).astype(np.float32)
+        n_out = w.shape[1]
+        k = min(n_out - 1, max(1, int(round(f * n_out))))
+        low = np.sort(np.argsort(_column_error_4bit(w, block), kind="stable")[:k])
+        high = np.setdiff1d(np.arange(n_out), low)
+        order = np.concatenate([low, high])
+        position = np.empty(n_out, dtype=np.int32)  # Gather takes int32 indices: half the bytes of int64
+        position[order] = np.arange(n_out)
+        low_name, high_name = f"{node.name}/int4_part", f"{node.name}/int8_part"
+        y_low, y_high, y_cat = (f"{node.output[0]}/{tag}" for tag in ("int4_part", "int8_part", "concat"))
+        graph.initializer.remove(weight)
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(np.ascontiguousarray(w[:, low]), f"{weight.name}_int4_part"),
+                numpy_helper.from_array(np.ascontiguousarray(w[:, high]), f"{weight.name}_int8_part"),
+                numpy_helper.from_array(position, f"{weight.name}_channel_order"),
+            ]
+        )
+        nodes += [
+            helper.make_node("MatMul", [node.input[0], f"{weight.name}_int4_part"], [y_low], name=low_name),
+            helper.make_node("MatMul", [node.input[0], f"{weight.name}_int8_part"], [y_high], name=high_name),
+            helper.make_node("Concat", [y_low, y_high], [y_cat], name=f"{node.name}/concat", axis=-1),
+            helper.make_node(
+                "Gather",
+                [y_cat, f"{weight.name}_channel_order"],
+                list(node.output),
+                name=f"{node.name}/order",
+                axis=-1,
+            ),
+        ]
+        parts[node.name] = (low_name, high_name)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return out, parts
+
+
+def _column_error_4bit(w: np.ndarray, block: int) -> np.ndarray:
+    """Per output channel of a [K, N] weight, the relative error of asymmetric 4-bit blocks along K."""
+    k, n = w.shape
+    size = block
+    while size > 16 and size > k:
+        size //= 2
+    pad = (-k) % size
+    cols = np.pad(w, ((0, pad), (0, 0))).T.reshape(n, -1, size)
+    lo, hi = cols.min(axis=-1, keepdims=True), cols.max(axis=-1, keepdims=True)
+    scale = np.where(hi > lo, (hi - lo) / 15.0, 1.0)
+    q = np.clip(np.rint((cols - lo) / scale), 0, 15) * scale + lo
+    err = np.sqrt(((q - cols) ** 2).sum(axis=(1, 2)))
+    return err / np.maximum(np.sqrt((cols**2).sum(axis=(1, 2))), 1e-12)
 
 
 # Per-channel axis of each op's weight: MatMul B is [K, N] (a scale per output column), Conv W is
@@ -594,13 +721,13 @@ def _weight_only_int8(model: Any, names: list[str]) -> Any:
             [
                 numpy_helper.from_array(q, f"{weight_name}_int8"),
                 numpy_helper.from_array(scale, f"{weight_name}_scale"),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{weight_name}_zero_point"),
             ]
         )
         dequant.append(
             helper.make_node(
                 "DequantizeLinear",
-                [f"{weight_name}_int8", f"{weight_name}_scale", f"{weight_name}_zero_point"],
+                # No zero point: it defaults to 0 of the int8 type (symmetric), a byte per channel saved.
+                [f"{weight_name}_int8", f"{weight_name}_scale"],
                 [weight_name],
                 name=f"{weight_name}_dequantize",
                 axis=axis,
@@ -618,7 +745,7 @@ def _opset(model: Any) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def _matmul_nbits(model: Any, names: list[str], bits: int, block: int) -> Any:
+def _matmul_nbits(model: Any, names: list[str], bits: int, block: int, *, symmetric: bool = True) -> Any:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     wanted = set(names)
@@ -627,7 +754,7 @@ def _matmul_nbits(model: Any, names: list[str], bits: int, block: int) -> Any:
         model,
         bits=bits,
         block_size=block,
-        is_symmetric=True,
+        is_symmetric=symmetric,
         # 4-bit: int8 activations in the kernel (~3x faster than fp32 compute on CPU, same error). 8-bit
         # (the layers mixed precision keeps higher): float compute, as weight-only int8 (97.7% -> 98.1%
         # top-1 agreement on the zoo's Llama with every layer at 8 bits).
@@ -779,13 +906,12 @@ def _sized(
         itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(weight.data_type)).itemsize
         layers.append(Layer(name, onnx_module_path(nodes[name], inits), int(np.prod(weight.dims)) * itemsize))
     reference = handle.clone(model=handle.model)
-    precisions = ("int8", "int4") if method == "weight_only_int4" else ("int8",)
+    precisions = ("int8", *SPLIT_PRECISIONS, "int4") if method == "weight_only_int4" else ("int8",)
 
     def build(assign: dict[str, str]) -> Any:
-        four = [n for n in names if assign.get(n) == "int4"]
         eight = [n for n in names if assign.get(n) == "int8"]
         if method == "weight_only_int4":
-            graph = _weight_only_blocks(model, four, eight, block)
+            graph = _weight_only_sized(model, {n: assign[n] for n in names if n in assign}, block)
         else:
             graph = _apply(model, method, eight, [], block, reader)
         del graph.graph.value_info[:]  # as the result will be: sizes measured here are the file's

@@ -126,3 +126,47 @@ def test_knapsack_is_the_least_cost_choice_that_saves_enough() -> None:
     assert knapsack(groups, {"a": {FLOAT: 0.0, "int8": 1.0}}, {"a": {FLOAT: 0, "int8": 10}}, 100) == {
         "a": "int8"
     }
+
+
+def test_a_split_layer_computes_the_same_function_before_quantization(policy: ModelHandle) -> None:
+    """Splitting a MatMul by output channel (4-bit part, int8 part, Concat, Gather back in order) is exact."""
+    import onnx
+
+    from tools.onnx_quantization import _gemm_to_matmul, _name_nodes, _split_output_channels
+    from tools.runtime import forward
+
+    graph = onnx.ModelProto()
+    graph.CopyFrom(quantize_input(policy).model)
+    _name_nodes(graph.graph)
+    _gemm_to_matmul(graph)
+    wide = [n.name for n in graph.graph.node if n.op_type == "MatMul"][1]  # the hidden 128x128 layer
+    split, parts = _split_output_channels(graph, {wide: 0.25}, 32)
+    assert set(parts) == {wide}
+    ops = [n.op_type for n in split.graph.node]
+    assert ops.count("MatMul") == 4 and "Concat" in ops and "Gather" in ops
+    low = next(t for t in split.graph.initializer if t.name.endswith("_int4_part"))
+    assert low.dims == [128, 32]  # a quarter of the output channels
+    x = {"obs": policy.eval_data.inputs["obs"][:64]}
+    float_out = forward(quantize_input(policy), x)
+    split_out = forward(policy.clone(model=split, runtime="onnx", format="onnx", device="cpu"), x)
+    np.testing.assert_allclose(split_out, float_out, rtol=1e-5, atol=1e-6)
+
+
+def test_size_target_between_int8_and_int4_splits_a_layer_and_folds_its_int8(policy: ModelHandle) -> None:
+    """A target a little under uniform int8: a fraction of a layer's channels in 4-bit, the rest int8
+    folded at load, at less error than every layer it would otherwise put in 4-bit."""
+    from tools.onnx_quantization import _weight_only_int8  # noqa: F401 - the int8 path the split takes
+    from tools.runtime import session_config
+
+    int8 = quantize(policy, "weight_only_int8", backend="onnxruntime")
+    four = quantize(policy, "weight_only_int4", backend="onnxruntime")
+    target = 0.98 * serialized_size(int8) / serialized_size(quantize_input(policy))
+    mixed = quantize(policy, "weight_only_int4", backend="onnxruntime", size_target=target)
+    result = mixed.recipe[-1]["result"]
+    assert result["mixed_precision"]["size_target_met"] and _ratio(mixed, policy) < _ratio(int8, policy)
+    assert result["layers_split"], result["layer_precisions"]
+    assert session_config(mixed.model) == {"session.disable_quant_qdq": "1"} == result["session_config"]
+    ops = {n.op_type for n in mixed.model.graph.node}
+    assert {"MatMulNBits", "DequantizeLinear", "Concat", "Gather"} <= ops
+    err = {k: evaluate(h, reference=policy).relative_error for k, h in (("mixed", mixed), ("four", four))}
+    assert err["mixed"] < 0.5 * err["four"], err
