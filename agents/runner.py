@@ -32,7 +32,13 @@ from agents.report import build_report
 from agents.state import BASELINE_VERSION
 from agents.toolset import method_choices
 from agents.workspace import ARTIFACT_INFO, ModelSource, Workspace
-from state.artifacts import ArtifactStore, new_id
+from state.artifacts import (
+    CHECKSUM_SUFFIX,
+    MANIFEST_SUFFIX,
+    ArtifactCorruptedError,
+    ArtifactStore,
+    new_id,
+)
 from state.digests import DigestError, content_digest, content_size
 from state.event_log import EventLog
 from state.registry import ModelRecord
@@ -120,7 +126,23 @@ class SessionRunner:
     def _config(self, session_id: str) -> dict[str, Any]:
         return {"configurable": {"thread_id": session_id}, "recursion_limit": 1000}
 
-    def _context(self, row: OptimizationSession, model: ModelRecord) -> GraphContext:
+    def _model_files(self, model: ModelRecord) -> tuple[Path, Path | None]:
+        """The model's file and evaluation data as verified local paths (blocking: a thread). They come
+        from this machine's working tree or from shared storage (ARTIFACT_STORE): the paths in the
+        registry are those of the machine that stored them, which need not be this one."""
+        path = self.store.resolve(model.stored_path, MODELS_NAMESPACE, model.id)
+        eval_data = (
+            self.store.resolve(model.eval_data_path, MODELS_NAMESPACE, model.id)
+            if model.eval_data_path
+            else None
+        )
+        return path, eval_data
+
+    def _context(
+        self, row: OptimizationSession, model: ModelRecord, files: tuple[Path, Path | None] | None = None
+    ) -> GraphContext:
+        """The graph's context; `files` are the model's local paths (`_model_files`) when it is to be
+        loaded, else (a graph opened only for its checkpointed state) the registry's paths."""
         sid = row.id
         criteria = Criteria.model_validate(row.criteria)
         use_llm = self.llm if row.planner == "llm" else None
@@ -173,10 +195,12 @@ class SessionRunner:
             )
             await self._acknowledge(sid, state)
 
+        if files is None:
+            files = Path(model.stored_path), Path(model.eval_data_path) if model.eval_data_path else None
         source = ModelSource(
-            path=Path(model.stored_path),
+            path=files[0],
             architecture=model.architecture,
-            eval_data=Path(model.eval_data_path) if model.eval_data_path else None,
+            eval_data=files[1],
             inputs=row.input_signature or model.input_spec,
             name=model.name,
             description=model.description or "",
@@ -185,6 +209,7 @@ class SessionRunner:
             source=source,
             artifacts_dir=self.store.root / sid,
             device=criteria.resolved_device(),
+            on_saved=lambda vid, folder: publish_version(self.store, sid, vid, folder),
         )
         return GraphContext(
             workspace=workspace,
@@ -285,7 +310,12 @@ class SessionRunner:
         if changed is not None:
             await self._fail(session_id, changed)
             return
-        ctx = self._context(row, model)
+        try:
+            files = await asyncio.to_thread(self._model_files, model)
+        except (ArtifactCorruptedError, FileNotFoundError) as err:
+            await self._fail(session_id, f"the model's stored files cannot be used: {err}")
+            return
+        ctx = self._context(row, model, files)
         graph = build_graph(ctx, checkpointer=self.checkpointer)
         config = self._config(session_id)
         snapshot = await graph.aget_state(config)
@@ -427,19 +457,23 @@ class SessionRunner:
             else:
                 version = state["versions"][vid]
                 path, fmt = version.get("artifact_path"), version.get("artifact_format")
-                artifact = _artifact_info(path)
+                # From this machine's tree or from shared storage (wherever the session ran).
+                artifact = await asyncio.to_thread(_version_info, self.store, session_id, vid, path)
+                local = None
+                if original is not None and fmt in DOWNLOADABLE_FORMATS:
+                    local = await asyncio.to_thread(
+                        _version_files, self.store, session_id, vid, path, artifact
+                    )
                 model_id = None
-                if original is not None and path and fmt in DOWNLOADABLE_FORMATS and Path(path).exists():
+                if original is not None and local is not None:
                     model_id = new_id()
                     ext = DOWNLOADABLE_FORMATS[fmt]
                     stored, details = await asyncio.to_thread(
-                        _store_version, self.store, Path(path), fmt, model_id, artifact
+                        _store_version, self.store, local[0], fmt, model_id, artifact, local[1]
                     )
                     eval_path = None
-                    if original.eval_data_path and Path(original.eval_data_path).exists():
-                        src = Path(original.eval_data_path)
-                        eval_path = str(stored.parent / f"eval_data{src.suffix}")
-                        await asyncio.to_thread(shutil.copyfile, src, eval_path)
+                    if original.eval_data_path:
+                        eval_path = await asyncio.to_thread(_copy_eval_data, self.store, original, model_id)
                     digest = await asyncio.to_thread(content_digest, stored)
                     record = ModelRecord(
                         id=model_id,
@@ -475,7 +509,8 @@ class SessionRunner:
         selected["model_id"] = model_id
         selected["download_url"] = f"/models/{model_id}/download" if model_id else None
         if vid != BASELINE_VERSION:
-            artifact = _artifact_info(state["versions"][vid].get("artifact_path"))
+            path = state["versions"][vid].get("artifact_path")
+            artifact = await asyncio.to_thread(_version_info, self.store, session_id, vid, path)
             # The download is in the uploaded format unless a technique needed another runtime: say which.
             selected["source_format"] = artifact.get("source_format") or (
                 original.format if original else None
@@ -632,8 +667,68 @@ def _pct(state: dict[str, Any]) -> float:
     return round(min(95.0, 10.0 + 85.0 * len(state.get("trials", [])) / total), 1)
 
 
+def publish_version(store: ArtifactStore, session_id: str, version_id: str, directory: Path) -> None:
+    """Record and publish a version's folder as Workspace.save left it (`<session>/<version>/`): each
+    file and each folder (a transformers directory, its ONNX form), artifact.json last."""
+    entries = sorted(
+        (e for e in directory.iterdir() if not e.name.startswith(".tmp-")),
+        key=lambda e: (e.name == ARTIFACT_INFO, e.name),
+    )
+    for entry in entries:
+        if entry.name.endswith((CHECKSUM_SUFFIX, MANIFEST_SUFFIX)):
+            continue
+        if entry.is_dir():
+            store.publish_tree(entry, session_id, version_id, entry.name)
+        elif entry.is_file():
+            store.publish(entry, session_id, version_id, entry.name)
+
+
+def _version_info(store: ArtifactStore, session_id: str, version_id: str, path: str | None) -> dict[str, Any]:
+    """The `artifact.json` Workspace.save wrote beside a version's file, wherever the session ran
+    (empty when it is nowhere or unreadable)."""
+    if not path:
+        return {}
+    try:
+        info = store.resolve(Path(path).parent / ARTIFACT_INFO, session_id, version_id)
+        return dict(json.loads(info.read_text()))
+    except (OSError, ValueError, ArtifactCorruptedError) as err:
+        log.warning("session %s: version %s: no artifact.json: %s", session_id, version_id, err)
+        return {}
+
+
+def _version_files(
+    store: ArtifactStore, session_id: str, version_id: str, path: str | None, info: dict[str, Any]
+) -> tuple[Path, Path | None] | None:
+    """A version's download as a verified local path and its ONNX form's folder (transformers
+    directories), wherever the session ran (the session may have been resumed on another machine, a
+    rollback of a finished one runs in the API); None when it is nowhere or corrupted."""
+    if not path:
+        return None
+    recorded = Path(path)
+    onnx = info.get("onnx")
+    try:
+        local = store.resolve(recorded, session_id, version_id)
+        onnx_dir = (
+            store.resolve(recorded.parent / Path(onnx["path"]).parent, session_id, version_id)
+            if onnx
+            else None
+        )
+    except FileNotFoundError as err:
+        log.warning("session %s: version %s has no stored files: %s", session_id, version_id, err)
+        return None
+    except ArtifactCorruptedError as err:
+        log.error("session %s: version %s: %s", session_id, version_id, err)
+        return None
+    return local, onnx_dir
+
+
 def _store_version(
-    store: ArtifactStore, path: Path, fmt: str, model_id: str, artifact: dict[str, Any]
+    store: ArtifactStore,
+    path: Path,
+    fmt: str,
+    model_id: str,
+    artifact: dict[str, Any],
+    onnx_dir: Path | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Copy a version's download (a file, or a transformers directory and its ONNX form) into the
     model store; the record's format_details say which runtime each form needs."""
@@ -642,11 +737,13 @@ def _store_version(
     if fmt == "hf_directory":
         stored = directory / STORED_DIRECTORY
         shutil.copytree(path, stored)
+        store.publish_tree(stored, MODELS_NAMESPACE, model_id, STORED_DIRECTORY)
         details["downloads"] = {"hf_directory": dict((artifact.get("downloads") or {}).get(fmt) or {})}
         details["downloads"]["hf_directory"].pop("path", None)
         onnx = artifact.get("onnx")
         if onnx:
-            shutil.copytree(path.parent / Path(onnx["path"]).parent, directory / STORED_ONNX_FORM)
+            shutil.copytree(onnx_dir or path.parent / Path(onnx["path"]).parent, directory / STORED_ONNX_FORM)
+            store.publish_tree(directory / STORED_ONNX_FORM, MODELS_NAMESPACE, model_id, STORED_ONNX_FORM)
             graph = directory / STORED_ONNX_FORM / Path(onnx["path"]).name
             details["downloads"]["onnx"] = {
                 "path": f"{STORED_ONNX_FORM}/{graph.name}",
@@ -661,12 +758,12 @@ def _store_version(
     return stored, details
 
 
-def _artifact_info(path: str | None) -> dict[str, Any]:
-    """The `artifact.json` Workspace.save writes beside a version's file (empty when absent)."""
-    if not path:
-        return {}
-    info = Path(path).parent / ARTIFACT_INFO
+def _copy_eval_data(store: ArtifactStore, original: ModelRecord, model_id: str) -> str | None:
+    """The original's evaluation data stored again for the derived model (None: it has none left)."""
+    assert original.eval_data_path is not None
     try:
-        return dict(json.loads(info.read_text()))
-    except (OSError, ValueError):
-        return {}
+        source = store.resolve(original.eval_data_path, MODELS_NAMESPACE, original.id)
+    except FileNotFoundError:
+        return None
+    stored = store.put(source, MODELS_NAMESPACE, model_id, f"eval_data{source.suffix}")
+    return str(stored.path.resolve())

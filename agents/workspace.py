@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ class Workspace:
         original: Any = None,  # a ModelHandle, when the caller already has one (optimize_local)
         artifacts_dir: Path | None = None,
         device: str = "cpu",
+        on_saved: Callable[[str, Path], None] | None = None,
     ) -> None:
         if source is None and original is None:
             raise ValueError("a workspace needs a model source or a loaded handle")
@@ -53,6 +55,7 @@ class Workspace:
         self._original = original
         self.artifacts_dir = artifacts_dir
         self.device = device
+        self.on_saved = on_saved  # (version id, its folder) once written: the runner publishes it
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -181,6 +184,8 @@ class Workspace:
             if source == "hf_directory" and fmt != "onnx":
                 info.update(self._save_onnx_form(handle, directory))
             (directory / ARTIFACT_INFO).write_text(json.dumps(info, indent=1))
+            if self.on_saved is not None:
+                self.on_saved(version_id, directory)
             return str(destination), fmt
         raise ArtifactSaveError("the candidate could not be saved in any format (" + "; ".join(reasons) + ")")
 

@@ -12,6 +12,7 @@ nothing is left in the store (no partial extraction either).
 
 from __future__ import annotations
 
+import asyncio
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,11 @@ async def register_model(
             size = extracted.unpacked_bytes
             if adopt:
                 incoming.path.unlink(missing_ok=True)  # its content now lives unpacked in the store
+            assert model_dir is not None
+            # Checksums recorded and the files published (ARTIFACT_STORE): any worker can open it.
+            await asyncio.to_thread(
+                store.publish_tree, model_dir / DIRECTORY_NAME, NAMESPACE, model_id, DIRECTORY_NAME
+            )
         else:
             model_id = new_id()
             model_dir = store.directory(NAMESPACE, model_id)
@@ -135,8 +141,10 @@ async def register_model(
                 name = DIRECTORY_NAME if incoming.path.is_dir() else f"model{incoming.extension}"
                 destination = model_dir / name
                 os.replace(incoming.path, destination)  # same file system: an atomic rename, no copy
+                publish = store.publish_tree if destination.is_dir() else store.publish
+                await asyncio.to_thread(publish, destination, NAMESPACE, model_id, name)
             else:
-                destination = incoming.path
+                destination = incoming.path  # an import: its own files, outside the store
         archive_details = (
             {
                 "archive": {

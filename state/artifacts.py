@@ -13,11 +13,22 @@ visible whole or not at all; a directory: temp file + rename), the checksum side
 reader that finds the sidecar finds the whole file. Model loaders need local paths (torch,
 onnxruntime): `local_copy` downloads a published artifact into ARTIFACT_CACHE_DIR under its
 checksum (`<sha256>/<name>`), verifies it and reuses it while the checksum matches.
+
+A directory (a transformers model) is published file by file with a manifest beside it
+(`<name>.manifest.json`: relative path -> sha256, itself checksummed and written last); its download
+lands in ARTIFACT_CACHE_DIR/<manifest sha256>/<name>/, renamed into place once every file checked.
+
+Every read of a stored artifact goes through `resolve(path, namespace, key)`: the registry keeps the
+path its writer had (`<root>/<namespace>/<key>/<name>[/<file>]`), which names the artifact wherever
+the reader's own root is. `resolve` gives the verified working copy when this machine has it, else
+the verified download from shared storage; a path outside the store (an imported model) is its own.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -29,7 +40,10 @@ from pathlib import Path
 from typing import Any
 
 CHECKSUM_SUFFIX = ".sha256"
+MANIFEST_SUFFIX = ".manifest.json"
 CHUNK = 1 << 20
+
+log = logging.getLogger("robopt.artifacts")
 
 
 class ArtifactCorruptedError(RuntimeError):
@@ -61,6 +75,7 @@ class ArtifactStore:
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root_abs = self.root.resolve()
         self.remote = remote.rstrip("/") if remote else None
         self.cache_dir = Path(cache_dir) if cache_dir else self.root.parent / "artifact-cache"
         self._fs: Any = None
@@ -105,6 +120,148 @@ class ArtifactStore:
         _write_atomic_text(_sidecar(destination), digest)
         remote_uri = self._publish(destination, f"{namespace}/{key}/{filename}", digest)
         return StoredArtifact(destination, digest, size, remote_uri)
+
+    def publish(self, path: Path, namespace: str, key: str, filename: str) -> StoredArtifact:
+        """Record and publish a file already in its place in the working tree (moved there atomically,
+        e.g. an upload renamed into the store): its checksum sidecar, then shared storage."""
+        if path != self.root / _safe(namespace) / _safe(key) / _safe(filename):
+            raise ValueError(f"{path} is not {namespace}/{key}/{filename} of the store at {self.root}")
+        digest = sha256_file(path)
+        _write_atomic_text(_sidecar(path), digest)
+        remote_uri = self._publish(path, f"{namespace}/{key}/{filename}", digest)
+        return StoredArtifact(path, digest, path.stat().st_size, remote_uri)
+
+    def publish_tree(self, directory: Path, namespace: str, key: str, name: str) -> str:
+        """Record and publish a directory already in place (`<namespace>/<key>/<name>/`): every file,
+        then its manifest (relative path -> sha256) and the manifest's checksum. Returns the manifest's
+        sha256."""
+        if directory != self.root / _safe(namespace) / _safe(key) / _safe(name):
+            raise ValueError(f"{directory} is not {namespace}/{key}/{name} of the store at {self.root}")
+        files: dict[str, str] = {}
+        for file in sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()):
+            relative = file.relative_to(directory).as_posix()
+            files[relative] = digest = sha256_file(file)
+            self._publish(file, f"{namespace}/{key}/{name}/{relative}", digest, sidecar=False)
+        manifest = directory.with_name(name + MANIFEST_SUFFIX)
+        _write_atomic_text(manifest, json.dumps({"files": files}, indent=0, sort_keys=True))
+        digest = sha256_file(manifest)
+        _write_atomic_text(_sidecar(manifest), digest)
+        self._publish(manifest, f"{namespace}/{key}/{name}{MANIFEST_SUFFIX}", digest)
+        return digest
+
+    def resolve(self, stored: str | Path, namespace: str | None = None, key: str | None = None) -> Path:
+        """A verified local path of a stored artifact (file or directory), named by the path its writer
+        recorded: this machine's working copy, else a verified download from shared storage.
+
+        The path is read relative to this store's root; a path recorded under another root (another
+        machine's DATA_DIR) is read from its `<namespace>/<key>/` components on. A path outside the
+        store (an imported model's own files) is returned as it is. FileNotFoundError when nowhere;
+        ArtifactCorruptedError when the bytes found do not match the recorded checksum.
+        """
+        path = Path(stored)
+        parts = self._ref(path, namespace, key)
+        if parts is None:
+            if not path.exists():
+                raise FileNotFoundError(f"{path} does not exist")
+            return path
+        ns, k, name, inner = parts[0], parts[1], parts[2], parts[3:]
+        local = self.root / ns / k / name
+        if local.exists():
+            found = self._verified_local(local)
+        elif self._fs is None:
+            raise FileNotFoundError(f"artifact {'/'.join(parts)} is not in the store at {self.root}")
+        else:
+            # Another machine may have written it since fsspec listed the folder here.
+            self._fs.invalidate_cache(self._remote_path_of(f"{ns}/{k}"))
+            if self._remote_exists(f"{ns}/{k}/{name}{MANIFEST_SUFFIX}"):
+                found = self._local_tree(ns, k, name)
+            else:
+                found = self.local_copy(ns, k, name)
+        result = found.joinpath(*inner)
+        if inner and not result.exists():
+            raise FileNotFoundError(f"artifact {'/'.join(parts)} is not in the store")
+        return result
+
+    def _ref(self, path: Path, namespace: str | None, key: str | None) -> list[str] | None:
+        """`[namespace, key, name, *inside]` of a stored path, or None for a path outside the store."""
+        try:
+            parts = list(path.relative_to(self._root_abs).parts) if path.is_absolute() else list(path.parts)
+        except ValueError:
+            parts = []
+            if namespace is not None and key is not None:
+                for i in range(len(path.parts) - 2, -1, -1):
+                    if path.parts[i : i + 2] == (namespace, key):
+                        parts = list(path.parts[i:])
+                        break
+        if len(parts) < 3:
+            return None
+        for part in parts:
+            _safe(part)
+        return parts
+
+    def _verified_local(self, local: Path) -> Path:
+        if local.is_dir():
+            manifest = local.with_name(local.name + MANIFEST_SUFFIX)
+            if manifest.exists():
+                self.verify(manifest)
+                for relative, expected in json.loads(manifest.read_text())["files"].items():
+                    file = local / relative
+                    actual = sha256_file(file) if file.is_file() else None
+                    if actual != expected:
+                        raise ArtifactCorruptedError(str(file), expected, actual)
+            return local
+        if self.recorded_checksum(local) is None:
+            # Written into the working tree before uploads had their checksum recorded (an older row).
+            log.debug("artifact %s has no recorded checksum (an older local artifact)", local)
+            return local
+        self.verify(local)
+        return local
+
+    def _remote_exists(self, relative: str) -> bool:
+        return bool(self._fs.exists(self._remote_path_of(relative) + CHECKSUM_SUFFIX))
+
+    def _local_tree(self, namespace: str, key: str, name: str) -> Path:
+        """Download a published directory into ARTIFACT_CACHE_DIR/<manifest sha256>/<name>/, verified."""
+        relative = f"{namespace}/{key}/{name}"
+        manifest_bytes, expected = self._read_remote_verified(relative + MANIFEST_SUFFIX)
+        cached = self.cache_dir / expected / _safe(name)
+        if cached.is_dir():
+            return cached
+        files: dict[str, str] = json.loads(manifest_bytes)["files"]
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".tmp-"))
+        try:
+            for inner, digest in files.items():
+                target = tmp.joinpath(*[_safe(p) for p in inner.split("/")])
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._download(f"{relative}/{inner}", target, digest)
+            os.replace(tmp, cached)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return cached
+
+    def _read_remote_verified(self, relative: str) -> tuple[bytes, str]:
+        remote_file = self._remote_path_of(relative)
+        try:
+            with self._fs.open(remote_file + CHECKSUM_SUFFIX, "rb") as f:
+                expected = f.read().decode().strip()
+            with self._fs.open(remote_file, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"artifact {relative} is not in {self.remote}") from None
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise ArtifactCorruptedError(f"{self.remote}/{relative}", expected, actual)
+        return data, expected
+
+    def _download(self, relative: str, target: Path, expected: str) -> None:
+        digest = hashlib.sha256()
+        with self._fs.open(self._remote_path_of(relative), "rb") as src, open(target, "wb") as dst:
+            while block := src.read(CHUNK):
+                digest.update(block)
+                dst.write(block)
+        if digest.hexdigest() != expected:
+            raise ArtifactCorruptedError(f"{self.remote}/{relative}", expected, digest.hexdigest())
 
     def remove(self, namespace: str, key: str) -> None:
         shutil.rmtree(self.root / _safe(namespace) / _safe(key), ignore_errors=True)
@@ -153,13 +310,7 @@ class ArtifactStore:
             return cached
         cached.parent.mkdir(parents=True, exist_ok=True)
         with self.atomic_path(cached) as tmp:
-            digest = hashlib.sha256()
-            with self._fs.open(remote_file, "rb") as src, open(tmp, "wb") as dst:
-                while block := src.read(CHUNK):
-                    digest.update(block)
-                    dst.write(block)
-            if digest.hexdigest() != expected:
-                raise ArtifactCorruptedError(f"{self.remote}/{relative}", expected, digest.hexdigest())
+            self._download(relative, tmp, expected)
         return cached
 
     # ---- shared storage
@@ -169,7 +320,7 @@ class ArtifactStore:
         base = self.remote.split("://", 1)[1] if "://" in self.remote else self.remote
         return f"{base}/{relative}" if relative else base
 
-    def _publish(self, local: Path, relative: str, digest: str) -> str | None:
+    def _publish(self, local: Path, relative: str, digest: str, sidecar: bool = True) -> str | None:
         if self._fs is None:
             return None
         target = self._remote_path_of(relative)
@@ -182,13 +333,15 @@ class ArtifactStore:
                 os.replace(tmp, target)
             finally:
                 Path(tmp).unlink(missing_ok=True)
-            _write_atomic_text(Path(target + CHECKSUM_SUFFIX), digest)
+            if sidecar:
+                _write_atomic_text(Path(target + CHECKSUM_SUFFIX), digest)
         else:
             # S3: one PUT (or a multipart upload completed in one request) of the whole object; the
             # object appears complete or not at all. The checksum goes in its metadata and a
             # sidecar written after it, so a reader that sees the sidecar sees the whole file.
             self._fs.put_file(str(local), target)
-            self._fs.pipe_file(target + CHECKSUM_SUFFIX, digest.encode())
+            if sidecar:
+                self._fs.pipe_file(target + CHECKSUM_SUFFIX, digest.encode())
         return f"{self.remote}/{relative}"
 
 

@@ -57,6 +57,7 @@ from api.schemas.models import DeleteResponse, ModelList, ModelPublic, UploadRes
 from api.schemas.uploads import FromUploadRequest, ImportRequest
 from api.session_usage import model_in_use
 from api.uploads import ReceivedUpload, extension_of, receive_upload
+from state.artifacts import CHECKSUM_SUFFIX, ArtifactCorruptedError, ArtifactStore
 from state.registry import ModelRecord
 from state.users import User
 from tools.errors import DataMismatchError, UnsafeModelError
@@ -287,16 +288,17 @@ async def download_model(
     model_id: str,
     user: CurrentUser,
     db: DbDep,
+    store: StoreDep,
     format: Literal["onnx"] | None = Query(  # noqa: A002 - the query parameter's public name
         None, description="Omit for the model in its own format; `onnx` for its ONNX form."
     ),
 ) -> Response:
     record = await get_owned_model(db, model_id, user)
     await verify_imported(record)
-    path = Path(record.stored_path)
     stem = _download_stem(record)
     if format == "onnx" and record.format != "onnx":
-        return _onnx_form(record, stem)
+        return await _onnx_form(store, record, stem)
+    path = await stored_artifact(store, record, record.stored_path)
     runtime = {"X-Model-Runtime": download_runtime(record)}
     if path.is_dir():
         return StreamingResponse(
@@ -319,7 +321,27 @@ async def download_model(
     )
 
 
-def _onnx_form(record: ModelRecord, stem: str) -> Response:
+async def stored_artifact(store: ArtifactStore, record: ModelRecord, stored: str) -> Path:
+    """The verified local path of one of the model's stored files (or directories), from this machine's
+    working tree or shared storage (ARTIFACT_STORE): 404 when it is nowhere, 500 when it is corrupted."""
+    try:
+        return await asyncio.to_thread(store.resolve, stored, NAMESPACE, record.id)
+    except FileNotFoundError:
+        log.error("model %s: %s is missing from the artifact store", record.id, stored)
+        raise ApiError(404, "not_found", "Model file is missing from storage") from None
+    except ArtifactCorruptedError as exc:
+        log.error("model %s: %s", record.id, exc)
+        raise ApiError(
+            500,
+            "artifact_corrupted",
+            "The stored model file is corrupted: its bytes do not match the checksum recorded when it "
+            "was stored, so it is not served",
+            f"expected sha256 {exc.expected or '(none)'}, found {exc.actual or '(missing)'}; upload or "
+            "optimize the model again",
+        ) from exc
+
+
+async def _onnx_form(store: ArtifactStore, record: ModelRecord, stem: str) -> Response:
     details = record.format_details or {}
     form = (details.get("downloads") or {}).get("onnx")
     if not form:
@@ -330,7 +352,7 @@ def _onnx_form(record: ModelRecord, stem: str) -> Response:
             details.get("onnx_unavailable")
             or "ONNX forms are saved beside optimized versions of models uploaded as directories",
         )
-    graph = Path(record.stored_path).parent / form["path"]
+    graph = await stored_artifact(store, record, str(Path(record.stored_path).parent / form["path"]))
     headers = {
         "X-Model-Runtime": str(form.get("runtime") or "onnxruntime"),
         "X-Content-SHA256": form["sha256"],
@@ -411,7 +433,9 @@ def _eval_info(inputs: dict[str, Any], targets: Any) -> dict[str, Any]:
     }
 
 
-async def _check_eval_against_model(record: ModelRecord, data: EvalData) -> ProbedSignature | None:
+async def _check_eval_against_model(
+    store: ArtifactStore, record: ModelRecord, data: EvalData
+) -> ProbedSignature | None:
     """Check the data against the model's signature; for a model without one, the data defines it.
 
     Returns the probe to store when the data defined the signature (names matched against the graph's
@@ -438,9 +462,8 @@ async def _check_eval_against_model(record: ModelRecord, data: EvalData) -> Prob
     report = FormatReport(format=record.format, extension=record.extension, size_bytes=record.size_bytes)
     architecture = ArchitectureRef.model_validate(record.architecture) if record.architecture else None
     try:
-        probed = await run_isolated(
-            probe_input_spec, Path(record.stored_path), report, architecture, None, data
-        )
+        model_path = await stored_artifact(store, record, record.stored_path)
+        probed = await run_isolated(probe_input_spec, model_path, report, architecture, None, data)
     except ToolError as exc:
         raise _tool_error(exc) from exc
     return probed
@@ -473,7 +496,7 @@ async def attach_evaluation_data(
             raise _tool_error(exc) from exc
         except ToolError as exc:
             raise _tool_error(exc) from exc
-        defined = await _check_eval_against_model(record, data)
+        defined = await _check_eval_against_model(store, record, data)
         info = _eval_info(data.inputs, data.targets) | {
             "filename": received.filename,
             "size_bytes": received.size,
@@ -482,8 +505,10 @@ async def attach_evaluation_data(
         destination = store.directory(NAMESPACE, record.id) / f"eval_data{received.extension}"
         previous = Path(record.eval_data_path) if record.eval_data_path else None
         os.replace(received.path, destination)
+        await asyncio.to_thread(store.publish, destination, NAMESPACE, record.id, destination.name)
         if previous is not None and previous != destination.resolve():
             previous.unlink(missing_ok=True)
+            previous.with_name(previous.name + CHECKSUM_SUFFIX).unlink(missing_ok=True)
         record.eval_data_path = str(destination.resolve())
         record.eval_data_info = info
         if defined is not None and defined.inputs:

@@ -5,7 +5,6 @@ Owner-scoped like models: another user's session answers 404 (administrators see
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -16,11 +15,11 @@ from sse_starlette import EventSourceResponse
 
 from agents.compute import run_isolated
 from agents.runner import RollbackError
-from api.deps import CurrentUser, DbDep, SettingsDep
+from api.deps import CurrentUser, DbDep, SettingsDep, StoreDep
 from api.errors import ApiError, error_responses
 from api.model_files import RUNNABLE_FORMATS, FormatReport, ProbedSignature, ToolError, probe_input_spec
 from api.quotas import check_session_quota
-from api.routers.models import get_owned_model, parse_input_signature
+from api.routers.models import get_owned_model, parse_input_signature, stored_artifact
 from api.schemas.common import MAX_PAGE_OFFSET
 from api.schemas.sessions import (
     CancelResponse,
@@ -38,6 +37,7 @@ from api.schemas.sessions import (
     SessionSummary,
 )
 from api.sse import session_events
+from state.artifacts import ArtifactStore
 from state.registry import ModelRecord
 from state.sessions import TERMINAL_STATUSES, OptimizationSession, SessionMessage
 from state.users import User, utcnow
@@ -63,7 +63,9 @@ def _runtime(request: Request) -> tuple[Any, Any, Any]:
     return state.runner, state.executor, state.events
 
 
-async def _session_signature(model: ModelRecord, raw: list[dict[str, Any]] | None) -> ProbedSignature | None:
+async def _session_signature(
+    store: ArtifactStore, model: ModelRecord, raw: list[dict[str, Any]] | None
+) -> ProbedSignature | None:
     """The request's input_signature checked against the model (None: the model's own is used).
 
     A model that has no signature and no evaluation data cannot be benchmarked or evaluated: that is
@@ -90,7 +92,8 @@ async def _session_signature(model: ModelRecord, raw: list[dict[str, Any]] | Non
     report = FormatReport(format=model.format, extension=model.extension, size_bytes=model.size_bytes)
     architecture = ArchitectureRef.model_validate(model.architecture) if model.architecture else None
     try:
-        probed = await run_isolated(probe_input_spec, Path(model.stored_path), report, architecture, given)
+        path = await stored_artifact(store, model, model.stored_path)
+        probed = await run_isolated(probe_input_spec, path, report, architecture, given)
     except ToolError as exc:
         raise ApiError(422, exc.code, exc.message, exc.details) from exc
     return probed
@@ -108,7 +111,12 @@ def _started(executor: Any, session_id: str) -> bool:
     responses=error_responses(401, 404, 422, 429, 503),
 )
 async def optimize(
-    body: OptimizeRequest, request: Request, user: CurrentUser, db: DbDep, settings: SettingsDep
+    body: OptimizeRequest,
+    request: Request,
+    user: CurrentUser,
+    db: DbDep,
+    settings: SettingsDep,
+    store: StoreDep,
 ):
     runner, executor, events = _runtime(request)
     model = await get_owned_model(db, body.model_id, user)
@@ -124,7 +132,7 @@ async def optimize(
         raise ApiError(
             422, "validation_error", "This weights file has no architecture", "upload it with an architecture"
         )
-    probed = await _session_signature(model, body.input_signature)
+    probed = await _session_signature(store, model, body.input_signature)
     signature = probed.inputs if probed is not None else None
     criteria = body.criteria()
     outputs = probed.outputs if probed is not None else (model.format_details or {}).get("outputs")
