@@ -3,8 +3,10 @@
 Criteria per case are what a robotics user would ask of that model:
 - policies and the digits CNN on a CPU: the product's target for small models, 4x smaller
   (`max_compression`, size target 75%) keeping 99% of the accuracy;
-- vla-mini: `balanced_optimization` (size and speed alike), keeping 97% of the action-token accuracy,
-  4x smaller as the small-policy target asks (size target 75%).
+- vla-mini: `balanced_optimization` (size and speed alike), keeping 99% of the action-token accuracy,
+  4x smaller as the small-policy target asks (size target 75%). At a 97% floor, 45% structured pruning
+  with distillation passed offline (98.7%) and lost 15% of the closed-loop success: the offline metric
+  needs the floor the closed loop is held to.
 `max_trials` bounds the agent so that it can use at most a quarter of the oracle's grid (44 points in
 `smoke`).
 """
@@ -54,7 +56,7 @@ CPU_CASES: list[EvalCase] = [
         task="gantry",
         criteria={
             "criteria_name": "balanced_optimization",
-            "target_accuracy_threshold": 0.97,
+            "target_accuracy_threshold": 0.99,
             "max_size_reduction_percent": 75.0,
             "optimization_techniques": ["quantization", "pruning"],
             "device": "cpu",
