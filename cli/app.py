@@ -32,7 +32,7 @@ from cli.client import ApiClientError, Client
 
 TERMINAL = ("completed", "failed", "cancelled")
 PRESETS = ("balanced_optimization", "max_compression", "max_speed", "accuracy_first")
-TECHNIQUES = ("quantization", "pruning", "half_precision")
+TECHNIQUES = ("quantization", "pruning", "half_precision", "compilation")  # agents.criteria.TECHNIQUES
 
 app = typer.Typer(
     name="robopt",

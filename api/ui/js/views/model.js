@@ -12,6 +12,7 @@ const TECHNIQUES = [
   ["quantization", "Quantization", true],
   ["pruning", "Pruning", true],
   ["half_precision", "Half precision", false],
+  ["compilation", "Compilation (a decoder's compiled runtime)", false],
 ];
 
 function dl(rows) {
