@@ -24,6 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -32,6 +33,7 @@ from state.event_bus import EVENTS_CHANNEL, Notifier
 from state.sessions import SessionEvent
 
 QUEUE_SIZE = 1000
+SEQ_RETRIES = 8  # appends that lost the next seq to another process, tried again
 log = logging.getLogger("robopt.events")
 
 
@@ -84,38 +86,23 @@ class EventLog:
     async def append(
         self, session_id: str, type_: str, payload: dict[str, Any], *, dedupe_key: str | None = None
     ) -> EventRecord | None:
-        """Persist one event and publish it; None when `dedupe_key` was already written."""
+        """Persist one event and publish it; None when `dedupe_key` was already written.
+
+        The lock serializes this process's appends; another process (the API's cancel while a worker
+        writes, two replicas) may take the same next `seq` first: the unique constraint refuses the
+        second, which then reads the new maximum and tries again.
+        """
         async with self._locks[session_id]:
-            async with self._sessionmaker() as db:
-                if dedupe_key is not None:
-                    seen = (
-                        await db.exec(
-                            select(SessionEvent.seq).where(
-                                SessionEvent.session_id == session_id, SessionEvent.dedupe_key == dedupe_key
-                            )
-                        )
-                    ).first()
-                    if seen is not None:
-                        return None
-                last = (
-                    await db.exec(
-                        select(func.max(SessionEvent.seq)).where(SessionEvent.session_id == session_id)
-                    )
-                ).one()
-                row = SessionEvent(
-                    session_id=session_id,
-                    seq=int(last or 0) + 1,
-                    type=type_,
-                    payload=payload,
-                    dedupe_key=dedupe_key,
-                )
-                db.add(row)
-                if self._notify_in_transaction:
-                    conn = await db.connection()
-                    notice = {"channel": EVENTS_CHANNEL, "payload": f"{session_id}:{row.seq}"}
-                    await conn.execute(_NOTIFY, notice)
-                await db.commit()
-                record = EventRecord(session_id, row.seq, row.type, row.payload, row.created_at)
+            for attempt in range(SEQ_RETRIES):
+                try:
+                    record = await self._insert(session_id, type_, payload, dedupe_key)
+                    break
+                except IntegrityError:
+                    if attempt == SEQ_RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.01 * (attempt + 1))
+            if record is None:
+                return None
         self._publish(record)
         if self.notifier is not None:
             try:
@@ -123,6 +110,38 @@ class EventLog:
             except Exception as exc:  # noqa: BLE001 - the event is committed; a lost wake-up costs a delay
                 log.warning("event %s:%d not published on the bus: %s", session_id, record.seq, exc)
         return record
+
+    async def _insert(
+        self, session_id: str, type_: str, payload: dict[str, Any], dedupe_key: str | None
+    ) -> EventRecord | None:
+        async with self._sessionmaker() as db:
+            if dedupe_key is not None:
+                seen = (
+                    await db.exec(
+                        select(SessionEvent.seq).where(
+                            SessionEvent.session_id == session_id, SessionEvent.dedupe_key == dedupe_key
+                        )
+                    )
+                ).first()
+                if seen is not None:
+                    return None
+            last = (
+                await db.exec(select(func.max(SessionEvent.seq)).where(SessionEvent.session_id == session_id))
+            ).one()
+            row = SessionEvent(
+                session_id=session_id,
+                seq=int(last or 0) + 1,
+                type=type_,
+                payload=payload,
+                dedupe_key=dedupe_key,
+            )
+            db.add(row)
+            if self._notify_in_transaction:
+                conn = await db.connection()
+                notice = {"channel": EVENTS_CHANNEL, "payload": f"{session_id}:{row.seq}"}
+                await conn.execute(_NOTIFY, notice)
+            await db.commit()
+            return EventRecord(session_id, row.seq, row.type, row.payload, row.created_at)
 
     def wake(self, session_id: str) -> None:
         """Another process appended to this session: its subscribers here re-read the log."""

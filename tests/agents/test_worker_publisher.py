@@ -77,3 +77,27 @@ async def test_the_redis_publisher_needs_no_listener() -> None:
         await bus.stop()
         await pubsub.aclose()
         await listener.aclose()
+
+
+async def test_two_processes_appending_to_one_session_never_collide(tmp_path: Path) -> None:
+    """Two event logs (as the API's cancel and the session's worker have, each its own lock) append to
+    one session at once: every event is kept, with gapless seqs, none refused."""
+    url = f"sqlite:///{tmp_path / 'events.db'}"
+    await asyncio.to_thread(run_migrations, url)
+    engines = [create_engine_for(url), create_engine_for(url)]
+    makers = [session_factory(e) for e in engines]
+    async with makers[0]() as db:
+        user = User(username="u", hashed_password="x")
+        db.add(user)
+        await db.commit()
+        db.add(OptimizationSession(id="c" * 32, owner_id=user.id, model_id="m", criteria={}))
+        await db.commit()
+    api, worker = EventLog(makers[0]), EventLog(makers[1])
+    try:
+        await asyncio.gather(
+            *[log.append("c" * 32, "progress", {"i": i}) for i in range(15) for log in (api, worker)]
+        )
+        assert [r.seq for r in await api.read("c" * 32)] == list(range(1, 31))
+    finally:
+        for engine in engines:
+            await engine.dispose()

@@ -23,7 +23,7 @@ from tests.api.session_helpers import parse_sse, write_policy
 from tests.api.test_replicas import QUICK, SMALL, _login
 from tests.conftest import LiveServer, LiveServerFactory
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 LATE_S = 2.0  # an event reaches B's stream within this of being written (the re-read is 60 s)

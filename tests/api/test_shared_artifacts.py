@@ -22,7 +22,7 @@ from tests.api.session_helpers import write_policy
 from tests.api.test_replicas import QUICK, SMALL, _login
 from tests.conftest import LiveServer, LiveServerFactory
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 BUCKET, PREFIX = "robopt", "shared"
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
