@@ -13,6 +13,7 @@ import collections
 import os
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +32,16 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.api.model_files import onnx_model
-from tests.conftest import LiveServerFactory
+from tests.conftest import LiveServer, free_port, live_server_env
 from tests.hardening.conftest import create_user, login, model_ids, upload
 
 # Cases per operation and generation mode: the whole run stays well under two minutes on 2 cores.
+# Stateful scenarios: each session that a link starts spawns a worker process on the server, so 15
+# scenarios of 12 steps (about 150 calls) keep the run to tens of seconds; FUZZ_STATEFUL_RUNS=30 or
+# more for a longer search.
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "12"))
 STATEFUL_STEPS = int(os.environ.get("FUZZ_STATEFUL_STEPS", "12"))
-STATEFUL_RUNS = int(os.environ.get("FUZZ_STATEFUL_RUNS", "30"))
+STATEFUL_RUNS = int(os.environ.get("FUZZ_STATEFUL_RUNS", "15"))
 ERROR_KEYS = {"error", "message", "details"}
 
 
@@ -61,19 +65,32 @@ CHECKS = [
 ]
 
 
-@pytest.fixture
-def fuzz_target(live_server_factory: LiveServerFactory, tmp_path: Path) -> dict[str, Any]:
-    server = live_server_factory(
-        env={"MAX_UPLOAD_MB": "1", "DEFAULT_MAX_TRIALS": "1", "DEFAULT_TIME_BUDGET_S": "20"}
+@pytest.fixture(scope="module")
+def fuzz_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One live server for the module (a start costs seconds on 2 cores): the whole-schema run, then the
+    stateful run, whose scenarios each re-seed a model when an earlier step deleted it."""
+    root = tmp_path_factory.mktemp("fuzz")
+    port = free_port()
+    env = {"MAX_UPLOAD_MB": "1", "DEFAULT_MAX_TRIALS": "1", "DEFAULT_TIME_BUDGET_S": "20"}
+    server = LiveServer(
+        base_url=f"http://127.0.0.1:{port}",
+        port=port,
+        data_dir=root / "data",
+        env=live_server_env(root / "data", port, env),
+        log_path=root / "server.log",
     )
-    admin = login(server.base_url)
-    # The fuzzer acts as a second administrator: its own user edits cannot lock out the bootstrap admin.
-    password = f"fuzz-{uuid.uuid4().hex}"
-    create_user(server.base_url, admin, "fuzzer", password, role="admin")
-    headers = login(server.base_url, "fuzzer", password)
-    r = upload(server.base_url, headers, onnx_model(tmp_path / "tiny.onnx"), name="seed")
-    assert r.status_code == 200, r.text
-    return {"server": server, "headers": headers, "password": password, "model_id": r.json()["model_id"]}
+    try:
+        server.start()
+        admin = login(server.base_url)
+        # The fuzzer acts as a second administrator: its own user edits cannot lock out the bootstrap admin.
+        password = f"fuzz-{uuid.uuid4().hex}"
+        create_user(server.base_url, admin, "fuzzer", password, role="admin")
+        headers = login(server.base_url, "fuzzer", password)
+        r = upload(server.base_url, headers, onnx_model(root / "tiny.onnx"), name="seed")
+        assert r.status_code == 200, r.text
+        yield {"server": server, "headers": headers, "password": password, "model_id": r.json()["model_id"]}
+    finally:
+        server.close()
 
 
 def _auth(target: dict[str, Any], case: Any) -> dict[str, str]:

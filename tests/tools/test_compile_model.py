@@ -1,8 +1,10 @@
-"""compile_model on CPU (inductor): the compiled static-cache runtime gives vla-mini's eager action tokens,
-records itself in the recipe, and refuses what it cannot compile with typed errors.
+"""compile_model on CPU (inductor): the compiled static-cache runtime gives the eager action tokens of a
+small autoregressive VLA, records itself in the recipe, and refuses what it cannot compile with typed errors.
 
 Inductor compiles slowly on a small CPU, so the runtime is compiled once for the module and called at
-batch 1 (the deploy shape; one compiled prefill and one decode step serve all 100 inputs)."""
+batch 1 (the deploy shape; one compiled prefill and one decode step serve all 100 inputs). The model is
+the session test's tiny VLA (tests/api/test_sessions_runtime.py, TINY_VLA): inductor's graph cache serves
+both; vla-mini's static-cache decode itself is checked uncompiled in test_decode_runtime.py."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from tests.tools.conftest import mlp_handle
-from tests.tools.test_decode_runtime import SAMPLES, TINY_VLA, vla_handle
+from tests.tools.test_decode_runtime import SAMPLES, TINY_VLA
 from tools import compile_model
 from tools.architectures import build_model, canonical_ref, input_specs
 from tools.decode_runtime import DecodeRuntime
@@ -25,7 +27,12 @@ from tools.runtime import forward, synthesize_inputs
 
 @pytest.fixture(scope="module")
 def eager() -> ModelHandle:
-    return vla_handle(decoding="autoregressive")
+    ref = canonical_ref(ArchitectureRef(name="vla", config=TINY_VLA))
+    torch.manual_seed(0)
+    return ModelHandle(
+        runtime="torch", format="state_dict", model=build_model(ref).eval(), inputs=input_specs(ref),
+        architecture=ref,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -96,22 +103,16 @@ def test_gpu_weight_formats_are_typed_errors_on_cpu(eager: ModelHandle) -> None:
             quantize(eager, method)
 
 
-def test_saved_version_is_the_runtime_pt2_its_loader_runs(tmp_path: Path) -> None:
+def test_saved_version_is_the_runtime_pt2_its_loader_runs(
+    eager: ModelHandle, compiled: ModelHandle, tmp_path: Path
+) -> None:
     """What a session stores for a compiled version: a .pt2 of the static-cache decode (TorchScript cannot
     hold it, said so in artifact.json), which tools.decode_runtime.load_runtime runs. On the session test's
     small VLA (torch.export traces every decode step: kept small)."""
     from agents.workspace import Workspace
     from tools.decode_runtime import load_runtime
 
-    # The session test's model (tests/api/test_sessions_runtime.py): inductor's graph cache serves both.
-    ref = canonical_ref(ArchitectureRef(name="vla", config=TINY_VLA))
-    torch.manual_seed(0)
-    eager = ModelHandle(
-        runtime="torch", format="state_dict", model=build_model(ref).eval(), inputs=input_specs(ref),
-        architecture=ref,
-    )  # fmt: skip
-    compiled = compile_model(eager, device="cpu")
-
+    # The module's compiled runtime (the session test's model, tests/api/test_sessions_runtime.py).
     workspace = Workspace(original=eager, artifacts_dir=tmp_path)
     path, fmt = workspace.save("v1", compiled)
     assert fmt == "pt2" and path is not None and path.endswith("model.pt2")
