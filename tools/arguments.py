@@ -103,9 +103,11 @@ class QuantizeArgs(_Args):
         lt=1.0,
         description="Mixed precision under a size budget: the largest size the result may have, as a "
         "fraction of the current model's size on disk (0.25: 4x smaller). Each layer group is measured "
-        "alone at each precision the method offers (float and 8-bit; weight_only_int4 also 4-bit), then "
-        "the precisions that fit the budget at the least measured output error are chosen. Torch or ONNX "
-        "Runtime models; not with accuracy_target.",
+        "alone at each precision the method offers (float and 8-bit; weight_only_int4 also 4-bit and, on "
+        "ONNX Runtime, a layer's output channels split between 4-bit and 8-bit), then the precisions that "
+        "fit the budget at the least measured output error are chosen. Torch or ONNX Runtime models; with "
+        "accuracy_target only for weight_only_int4 on ONNX Runtime, where it means: whole layers (no "
+        "split, a little faster) when they fit and retain accuracy_target.",
     )
     recovery: Literal["none", "qat"] = Field(
         default="none",

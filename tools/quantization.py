@@ -108,7 +108,9 @@ def quantize(
     `size_target` (a fraction of the current size on disk, e.g. 0.25) chooses each layer's precision
     (float, 8-bit, 4-bit where the method and runtime offer them) by measured sensitivity, at the least
     measured cost that fits (tools.sensitivity.choose_for_size); with `accuracy_target`, mixed precision
-    applies on torch models too (tools.mixed_precision).
+    applies on torch models too (tools.mixed_precision). Both together (weight_only_int4 on ONNX
+    Runtime): the mix of whole layers when it fits and retains `accuracy_target`, else the least-error mix
+    with layers split between 4-bit and int8 channels (a few microseconds slower per split layer).
     `recovery="qat"`: quantization-aware training first (tools.qat): the selected Linear layers are
     fake-quantized as the chosen kernel will quantize them, distilled from `teacher` (default: the float
     model itself) for at most `recovery_steps` steps and `recovery_time_s` seconds, then quantized by the
@@ -172,8 +174,15 @@ def quantize(
         step["accuracy_target"] = accuracy_target
     if size_target is not None:
         step["size_target"] = size_target
-    if accuracy_target is not None and size_target is not None:
-        raise InvalidArgumentError("give accuracy_target or size_target, not both")
+    if (
+        accuracy_target is not None
+        and size_target is not None
+        and not (onnx_path and method == "weight_only_int4")
+    ):
+        raise InvalidArgumentError(
+            "give accuracy_target or size_target, not both (both together: weight_only_int4 on ONNX "
+            "Runtime, where accuracy_target says when a mix of whole layers is good enough)"
+        )
     if size_target is not None and not 0.0 < size_target < 1.0:
         raise InvalidArgumentError(
             f"size_target is a fraction of the current size in (0, 1), got {size_target}"

@@ -568,9 +568,13 @@ def _size_target_action(
     if max(view.elapsed_s, sum(t.duration_s for t in view.trials)) + (2 * groups + 3) * per_round > budget:
         return None
     plain = mine[0]
+    args: dict[str, Any] = {**_quant_args(view, method), "size_target": ratio}
+    if method == "weight_only_int4" and _ort_path(view, method):
+        # Whole layers when they retain enough: a layer split between 4-bit and int8 is a little slower.
+        args["accuracy_target"] = mixed_target(view.criteria.accuracy_floor)
     return Action(
         kind="tool",
-        calls=[ToolCall(tool="quantize", arguments={**_quant_args(view, method), "size_target": ratio})],
+        calls=[ToolCall(tool="quantize", arguments=args)],
         base_version=base,
         reasoning=(
             f"{method} everywhere cost too much accuracy ({100 * _retained(plain):.2f}% retained, floor "
@@ -580,7 +584,7 @@ def _size_target_action(
             "least cost."
         ),
         strategy="quantize_size_target",
-        meta={"method": method, "size_target": ratio},
+        meta={"method": method, "size_target": ratio, "accuracy_target": args.get("accuracy_target")},
     )
 
 

@@ -377,7 +377,12 @@ def test_onnx_model_that_int8_cannot_take_to_the_target_starts_with_4bit_and_fal
     # group's cost measured at 4 and 8 bits, the least costly mix that is 4x smaller.
     sized = decide(h.view(TARGET_75, profile=TINY, runtime="onnx"))
     assert sized.strategy == "quantize_size_target" and sized.base_version == "v0"
-    assert sized.calls[0].arguments == {"method": "weight_only_int4", "size_target": 0.25}
+    # With the floor's mixed target: whole layers when they retain it, else layers split by channel.
+    assert sized.calls[0].arguments == {
+        "method": "weight_only_int4",
+        "size_target": 0.25,
+        "accuracy_target": mixed_target(0.97),
+    }
     assert "knapsack" in sized.reasoning
     h.trial(sized, size=250_000, acc=0.95, accepted=False)
     # Then the accuracy target: the tool keeps the costliest layer groups in 8 bits until the floor plus one

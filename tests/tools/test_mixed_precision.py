@@ -94,6 +94,8 @@ def test_an_unreachable_target_says_so(policy: ModelHandle) -> None:
 def test_bad_targets_are_refused(policy: ModelHandle) -> None:
     with pytest.raises(InvalidArgumentError, match="accuracy_target or size_target, not both"):
         quantize(policy, "weight_only_int8", size_target=0.5, accuracy_target=0.99)
+    with pytest.raises(InvalidArgumentError, match="accuracy_target or size_target, not both"):
+        quantize(policy, "weight_only_int4", size_target=0.5, accuracy_target=0.99)  # torch: one or other
     with pytest.raises(
         InvalidArgumentError, match=r"size_target is a fraction of the current size in \(0, 1\)"
     ):
@@ -170,3 +172,22 @@ def test_size_target_between_int8_and_int4_splits_a_layer_and_folds_its_int8(pol
     assert {"MatMulNBits", "DequantizeLinear", "Concat", "Gather"} <= ops
     err = {k: evaluate(h, reference=policy).relative_error for k, h in (("mixed", mixed), ("four", four))}
     assert err["mixed"] < 0.5 * err["four"], err
+
+
+def test_with_an_accuracy_target_whole_layers_come_first_and_splits_only_when_they_miss(
+    policy: ModelHandle,
+) -> None:
+    int8 = quantize(policy, "weight_only_int8", backend="onnxruntime")
+    target = 0.98 * serialized_size(int8) / serialized_size(quantize_input(policy))
+    args = {"backend": "onnxruntime", "size_target": target}
+    # A loose accuracy target: the whole-layer mix retains it, so no layer is split.
+    loose = quantize(policy, "weight_only_int4", accuracy_target=0.5, **args).recipe[-1]["result"]
+    assert loose["mixed_precision"]["size_target_met"] and not loose["layers_split"]
+    assert all(":" not in p for p in loose["layer_precisions"].values())
+    # A target no whole-layer mix meets at this size: the least-error mix, with a split layer.
+    strict = quantize(policy, "weight_only_int4", accuracy_target=1.0, **args).recipe[-1]["result"]
+    assert strict["mixed_precision"]["size_target_met"] and strict["layers_split"]
+    assert (
+        strict["mixed_precision"]["relative_error_measured"]
+        < loose["mixed_precision"]["relative_error_measured"]
+    )
