@@ -135,7 +135,7 @@ class Workspace:
         """
         if self.artifacts_dir is None:
             return None, None
-        from tools.exporting import export, export_hf_directory
+        from tools.exporting import FrozenTraceError, export, export_hf_directory
 
         directory = self.artifacts_dir / version_id
         directory.mkdir(parents=True, exist_ok=True)
@@ -176,6 +176,10 @@ class Workspace:
                 tmp.replace(destination)
             except Exception as err:  # noqa: BLE001 - every format's failure is reported together
                 _remove(tmp)
+                if isinstance(err, FrozenTraceError) and fmt == source:
+                    # The upload's own format would hold a size the original leaves free: another format
+                    # of the same graph holds it too, so the candidate is not deliverable.
+                    raise ArtifactSaveError(f"the candidate could not be saved as {fmt}: {err}") from err
                 reasons.append(_reason(fmt, err))
                 continue
             info = artifact_info(source, fmt, handle.recipe, reasons)

@@ -398,35 +398,60 @@ def _export_torchscript(handle: ModelHandle, path: Path) -> None:
     torch.jit.save(traced, str(path), _extra_files=extra)
 
 
+class FrozenTraceError(UnsupportedFormatError):
+    """A TorchScript trace that holds a dynamic input size as a constant: it would fail, or be wrong, on
+    inputs the original takes."""
+
+
 def _check_trace_is_dynamic(handle: ModelHandle, model: Any, traced: Any, args: tuple[Any, ...]) -> None:
-    """A trace can freeze a size the model computes from its input (a reshape to the traced batch):
-    with a dynamic batch axis, the trace must give the model's outputs at another batch size too."""
+    """A trace can freeze a size the model computes from its input (a reshape to the traced batch, a
+    position table sliced to the traced sequence): with a dynamic batch axis the trace must give the
+    model's outputs at another batch size too, and with a dynamic sequence axis of token ids (integer
+    inputs) at a sequence one shorter. A candidate converted through torch.export on one example
+    (TS2EPConverter) can hold the sequence length itself; it then fails here as well."""
     import torch
     from torch.utils._pytree import tree_leaves
 
-    if not any(s.shape and s.shape[0] is None for s in handle.inputs):
-        return
-    other = tuple(
-        torch.cat([a, a[:1]])
-        if isinstance(a, torch.Tensor) and a.ndim and s.shape and s.shape[0] is None
-        else a
-        for a, s in zip(args, handle.inputs, strict=True)
-    )
-    try:
-        want = [t for t in tree_leaves(model(*other)) if isinstance(t, torch.Tensor)]
-        got = [t for t in tree_leaves(traced(*other)) if isinstance(t, torch.Tensor)]
-        same = len(want) == len(got) and all(
-            w.shape == g.shape and torch.allclose(w.float(), g.float(), rtol=1e-3, atol=1e-4)
-            for w, g in zip(want, got, strict=True)
+    variants: list[tuple[str, tuple[Any, ...]]] = []
+    if any(s.shape and s.shape[0] is None for s in handle.inputs):
+        batch = tuple(
+            torch.cat([a, a[:1]])
+            if isinstance(a, torch.Tensor) and a.ndim and s.shape and s.shape[0] is None
+            else a
+            for a, s in zip(args, handle.inputs, strict=True)
         )
-    except Exception as exc:  # noqa: BLE001 - a trace that cannot run at another batch size is frozen
-        same, want = False, [exc]
-    if not same:
-        raise UnsupportedFormatError(
-            "the TorchScript trace of this model is fixed to the traced batch size (it computes shapes "
-            "from its input that tracing records as constants); it can be saved as .pt2 or ONNX",
-            details=str(want[0])[:300] if want and isinstance(want[0], Exception) else None,
+        variants.append(("batch size", batch))
+
+    def tokens(a: Any, s: Any) -> bool:
+        return (
+            isinstance(a, torch.Tensor)
+            and not a.is_floating_point()
+            and a.ndim == 2
+            and a.shape[1] > 2
+            and len(s.shape or []) == 2
+            and s.shape[1] is None
         )
+
+    if any(tokens(a, s) for a, s in zip(args, handle.inputs, strict=True)):
+        shorter = tuple(a[:, :-1] if tokens(a, s) else a for a, s in zip(args, handle.inputs, strict=True))
+        variants.append(("sequence length", shorter))
+    for what, other in variants:
+        try:
+            want = [t for t in tree_leaves(model(*other)) if isinstance(t, torch.Tensor)]
+            got = [t for t in tree_leaves(traced(*other)) if isinstance(t, torch.Tensor)]
+            same = len(want) == len(got) and all(
+                w.shape == g.shape and torch.allclose(w.float(), g.float(), rtol=1e-3, atol=1e-4)
+                for w, g in zip(want, got, strict=True)
+            )
+            error: Exception | None = None
+        except Exception as exc:  # noqa: BLE001 - a trace that cannot run at another size is frozen
+            same, error = False, exc
+        if not same:
+            raise FrozenTraceError(
+                f"the TorchScript trace of this model is fixed to the traced {what} (it computes shapes "
+                "from its input that tracing records as constants), where the original takes any",
+                details=str(error)[:300] if error is not None else None,
+            )
 
 
 def _export_pt2(handle: ModelHandle, path: Path) -> None:

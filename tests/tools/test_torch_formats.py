@@ -23,7 +23,7 @@ from agents.workspace import ARTIFACT_INFO, Workspace
 from evals.zoo import build, export_zoo, run_plain
 from tools.architectures import build_model
 from tools.errors import InvalidArgumentError, UnsupportedDeviceError
-from tools.exporting import export, serialized_size
+from tools.exporting import FrozenTraceError, export, serialized_size
 from tools.handle import InputSpec, ModelHandle
 from tools.loading import load_model
 from tools.pruning import prune
@@ -112,6 +112,14 @@ def test_technique_stays_in_the_format_and_runs_plain(
     step = result.recipe[-1]["result"]
     assert result.runtime == "torch" and result.format == fmt and not step.get("exported_to_onnx"), step
 
+    if (model, fmt) == ("bert", "torchscript") and not isinstance(result.model, torch.jit.ScriptModule):
+        # Known gap, refused rather than delivered: torch's TorchScript -> torch.export converter
+        # (TS2EPConverter) records the example's sequence length (BERT's token_type_ids buffer is
+        # sliced to it), so the edited graph's trace fails at another length the original takes. Magnitude
+        # pruning edits the TorchScript module's weights in place and keeps it whole.
+        with pytest.raises(FrozenTraceError, match="fixed to the traced sequence length"):
+            export(result, fmt, tmp_path / f"out{EXT[fmt]}")
+        return
     path = export(result, fmt, tmp_path / f"out{EXT[fmt]}")
     out = run_plain(path, x)  # the original's float32 / int64 arrays, as they are: no casts
     plain = (torch.export.load(str(path)).module() if fmt == "pt2" else torch.jit.load(str(path)))(
