@@ -122,13 +122,24 @@ def _tool_runs(events: list[dict[str, Any]]) -> dict[int, list[int]]:
     return executions
 
 
+async def _settled_attempts(app: FastAPI, sid: str) -> list[Any]:
+    """The session's attempts once the last is closed: the worker closes its attempt right after it
+    writes the session's end (and publishes its artifacts), so that write follows the status by a moment."""
+    finish_by = time.monotonic() + 15
+    while True:
+        attempts = await runs.attempts(app.state.sessionmaker, sid)
+        if attempts[-1].status != "active" or time.monotonic() > finish_by:
+            return attempts
+        await asyncio.sleep(0.2)
+
+
 async def test_a_session_completes_on_a_ray_cluster(
     app: FastAPI, client: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     headers, sid = await _start(client, tmp_path, QUICK)
     final = await wait_terminal(client, headers, sid, timeout_s=180)
     assert final["status"] == "completed", final
-    attempts = await runs.attempts(app.state.sessionmaker, sid)
+    attempts = await _settled_attempts(app, sid)
     assert [(a.attempt, a.status) for a in attempts] == [(1, "finished")]
     assert attempts[0].worker_id.startswith("ray:")
     assert int(attempts[0].worker_id.split(":")[3]) != os.getpid()  # a Ray worker process ran it
@@ -159,13 +170,7 @@ async def test_a_ray_worker_killed_mid_session_completes_on_another_without_repe
 
     final = await wait_terminal(client, headers, sid, timeout_s=240)
     assert final["status"] == "completed", final
-    # The worker closes its attempt right after it writes the session's end: give that write a moment.
-    finish_by = time.monotonic() + 15
-    while True:
-        attempts = await runs.attempts(app.state.sessionmaker, sid)
-        if attempts[-1].status != "active" or time.monotonic() > finish_by:
-            break
-        await asyncio.sleep(0.2)
+    attempts = await _settled_attempts(app, sid)
     assert [(a.attempt, a.status) for a in attempts] == [(1, "expired"), (2, "finished")]
     assert attempts[1].worker_id.split(":")[3] != str(pid)  # Ray ran the retry on another worker
     trials = (await client.get(f"/sessions/{sid}/results", headers=headers)).json()["trials"]
