@@ -48,6 +48,28 @@ def _login(base: str, username: str = "admin", password: str = ADMIN_PASSWORD) -
     return {"Authorization": f"Bearer {r.json()['access_token']}"}
 
 
+def start_session(base: str, headers: dict[str, str], directory: Path) -> str:
+    """Upload the small policy through `base` and start a QUICK rules session on it: its id."""
+    path, arch = write_policy(directory, SMALL)
+    with open(path, "rb") as f:
+        r = httpx.post(
+            f"{base}/models/upload",
+            headers=headers,
+            files={"file": ("policy.pt", f, "application/octet-stream")},
+            data={"name": "policy", "architecture": arch},
+            timeout=60,
+        )
+    assert r.status_code == 200, r.text
+    r = httpx.post(
+        f"{base}/optimize",
+        headers=headers,
+        json={"model_id": r.json()["model_id"], "planner": "rules", **QUICK},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["session_id"])
+
+
 def _stream(base: str, headers: dict[str, str], session_id: str, timeout_s: float) -> list[dict[str, Any]]:
     lines: list[str] = []
     deadline = time.monotonic() + timeout_s
@@ -66,24 +88,7 @@ def test_a_session_started_on_one_replica_streams_through_the_other(
 ) -> None:
     a, b = replicas
     headers = _login(a.base_url)
-    path, arch = write_policy(tmp_path, SMALL)
-    with open(path, "rb") as f:
-        r = httpx.post(
-            f"{a.base_url}/models/upload",
-            headers=headers,
-            files={"file": ("policy.pt", f, "application/octet-stream")},
-            data={"name": "policy", "architecture": arch},
-            timeout=60,
-        )
-    assert r.status_code == 200, r.text
-    r = httpx.post(
-        f"{a.base_url}/optimize",
-        headers=headers,
-        json={"model_id": r.json()["model_id"], "planner": "rules", **QUICK},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    session_id = r.json()["session_id"]
+    session_id = start_session(a.base_url, headers, tmp_path)
 
     # Followed live through B (its own login: the token works on every replica).
     started = time.monotonic()

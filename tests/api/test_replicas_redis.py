@@ -19,8 +19,8 @@ import httpx
 import pytest
 
 from state.event_bus import EVENTS_CHANNEL
-from tests.api.session_helpers import parse_sse, write_policy
-from tests.api.test_replicas import QUICK, SMALL, _login
+from tests.api.session_helpers import parse_sse
+from tests.api.test_replicas import _login, start_session
 from tests.conftest import LiveServer, LiveServerFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -106,24 +106,7 @@ def test_worker_events_reach_the_other_replica_through_redis(
 ) -> None:
     a, b = redis_replicas
     headers = _login(a.base_url)
-    path, arch = write_policy(tmp_path, SMALL)
-    with open(path, "rb") as f:
-        r = httpx.post(
-            f"{a.base_url}/models/upload",
-            headers=headers,
-            files={"file": ("policy.pt", f, "application/octet-stream")},
-            data={"name": "policy", "architecture": arch},
-            timeout=60,
-        )
-    assert r.status_code == 200, r.text
-    r = httpx.post(
-        f"{a.base_url}/optimize",
-        headers=headers,
-        json={"model_id": r.json()["model_id"], "planner": "rules", **QUICK},
-        timeout=30,
-    )
-    assert r.status_code == 200, r.text
-    session_id = r.json()["session_id"]
+    session_id = start_session(a.base_url, headers, tmp_path)
 
     headers_b = _login(b.base_url)
     opened = datetime.now(UTC)
