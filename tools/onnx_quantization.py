@@ -611,10 +611,7 @@ def _split_output_channels(
     out.CopyFrom(model)
     graph = out.graph
     inits = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for i in node.input:
-            readers[i] = readers.get(i, 0) + 1
+    readers = _reader_counts(graph)
     parts: dict[str, tuple[str, str]] = {}
     nodes: list[Any] = []
     for node in graph.node:
@@ -777,10 +774,7 @@ def _gather_blocks(model: Any, bits_by_node: dict[str, int], block: int) -> None
 
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for i in node.input:
-            readers[i] = readers.get(i, 0) + 1
+    readers = _reader_counts(graph)
     new_nodes = []
     changed = False
     for node in graph.node:
@@ -825,6 +819,15 @@ def _gather_blocks(model: Any, bits_by_node: dict[str, int], block: int) -> None
         graph.node.extend(new_nodes)
         if not any(o.domain == "com.microsoft" for o in model.opset_import):
             model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def _reader_counts(graph: Any) -> dict[str, int]:
+    """How many nodes read each tensor name (a weight read by more than one is shared: left as it is)."""
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for i in node.input:
+            readers[i] = readers.get(i, 0) + 1
+    return readers
 
 
 def quantize_blocks(table: np.ndarray, bits: int, block: int) -> tuple[np.ndarray, np.ndarray]:
