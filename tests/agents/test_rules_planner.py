@@ -11,7 +11,7 @@ from agents.instructions import apply_message
 from agents.planners.base import PlannerView
 from agents.planners.rules import _quant_args, decide, mixed_target, ranked_quant_methods
 from agents.profile_facts import profile_facts as facts
-from agents.state import Instructions, ToolCall, TrialRecord, VersionRecord
+from agents.state import Action, Instructions, ToolCall, TrialRecord, VersionRecord
 
 BASE = Measurement(size_bytes=1_000_000, latency_p50_ms=1.0, peak_memory_mb=10.0, accuracy_retained=1.0)
 LAYERS = ["body.0", "body.2", "body.4", "head"]
@@ -127,7 +127,7 @@ def test_linear_heavy_cpu_model_starts_with_dynamic_int8_then_spends_the_rest_on
         # Recovery in the loop: the pruned model is distilled from the original before re-quantizing.
         assert [c.tool for c in step.calls] == ["prune", "distill", "quantize"]
         assert (
-            step.calls[1].arguments["steps"] == 200 and 2.0 <= step.calls[1].arguments["time_budget_s"] <= 5
+            step.calls[1].arguments["steps"] == 600 and 2.0 <= step.calls[1].arguments["time_budget_s"] <= 5
         )
         assert step.calls[2].arguments == {"method": "dynamic_int8"}
         amounts.append(step.calls[0].arguments["amount"])
@@ -461,3 +461,59 @@ def test_the_pruning_search_stops_paying_for_distillation_that_buys_nothing() ->
     h.trials[-1].tool_metrics["recovery"] = {"steps_by_tool": [part]}
     p3 = decide(h.view(criteria))
     assert p3.strategy == "prune_search" and [c.tool for c in p3.calls] == ["prune", "quantize"]
+
+
+def test_a_goal_reached_with_4bit_is_tried_again_as_pruned_int8_which_runs_faster() -> None:
+    """Reacher's path: int8 kept the floor but missed the 75% target, the 4-bit mix reached it; the planner
+    then prunes (distilled) so that int8 reaches the target, first a quarter, then what the target needs."""
+    h = History(floor=0.99)
+    criteria = Criteria(
+        criteria_name="max_compression",
+        target_accuracy_threshold=0.99,
+        max_size_reduction_percent=75,
+        optimization_techniques=["quantization", "pruning"],
+    )
+    int8 = ToolCall(tool="quantize", arguments={"method": "weight_only_int8", "backend": "onnxruntime"})
+    mix = ToolCall(
+        tool="quantize",
+        arguments={"method": "weight_only_int4", "backend": "onnxruntime", "size_target": 0.25},
+    )
+    h.trial(Action(kind="tool", calls=[int8], base_version="v0"), size=270_000, acc=1.0, accepted=True)
+    h.trial(Action(kind="tool", calls=[mix], base_version="v0"), size=247_000, acc=0.999, accepted=True)
+    first = decide(h.view(criteria))
+    assert first.strategy == "prune_for_int8" and first.base_version == "v0"
+    assert [c.tool for c in first.calls] == ["prune", "distill", "quantize"]
+    assert first.calls[0].arguments == {"method": "structured", "amount": 0.25}
+    assert first.calls[2] == int8
+    h.trial(first, size=200_000, acc=0.98, accepted=False)  # below the floor
+    second = decide(h.view(criteria))
+    assert second.strategy == "prune_for_int8"
+    assert second.calls[0].arguments["amount"] == pytest.approx(1 - 0.25 / 0.27, abs=1e-3)
+    h.trial(second, size=249_000, acc=0.995, accepted=False)  # kept the floor, not a better score
+    assert decide(h.view(criteria)).kind == "finish"
+    # Not when pruning is not allowed.
+    only_quant = criteria.model_copy(update={"optimization_techniques": ["quantization"]})
+    assert decide(h.view(only_quant)).strategy != "prune_for_int8"
+
+
+def test_pruned_int8_is_tried_from_the_profile_when_int8_was_never_measured_alone() -> None:
+    """4-bit first (int8 cannot reach 75% alone), the 4-bit mix reaches it: int8 weight-only's expected
+    size (from the profile) sets the pruning; on a GPU, where 4-bit is the fast format, it is not tried."""
+    profile = {**PROFILE, "size_bytes": 1_000_000}
+    h = History(floor=0.99)
+    criteria = Criteria(
+        criteria_name="max_compression",
+        target_accuracy_threshold=0.99,
+        max_size_reduction_percent=75,
+        optimization_techniques=["quantization", "pruning"],
+    )
+    mix = ToolCall(
+        tool="quantize",
+        arguments={"method": "weight_only_int4", "backend": "onnxruntime", "size_target": 0.25},
+    )
+    h.trial(Action(kind="tool", calls=[mix], base_version="v0"), size=247_000, acc=0.999, accepted=True)
+    step = decide(h.view(criteria, profile=profile))
+    assert step.strategy == "prune_for_int8"
+    assert step.calls[-1].arguments == {"method": "weight_only_int8", "backend": "onnxruntime"}
+    assert "expected at" in step.reasoning
+    assert decide(h.view(criteria, profile=profile, device="cuda")).strategy != "prune_for_int8"
