@@ -13,7 +13,9 @@ original model the teacher, and the student is trained to reproduce the teacher'
   inputs, up to one pixel of shift on images, a tenth of the ids resampled within their range), which
   the teacher labels as they are drawn: a policy also meets states its evaluation data lacks. With
   synthesized inputs, every step draws fresh ones (the teacher labels anything), and the synthesized set
-  is only held out.
+  is only held out. The candidate's own evaluation data (64 samples or more) is halved
+  (`split_for_training`): training sees the even samples, and the result is measured, here and by the
+  gate (`tools.evaluation`), on the odd ones it never saw.
   A fifth of the samples (at most 512) is held out; the weights kept are those of the checkpoint (every
   25 steps, and the start) with the lowest held-out loss, so the result is never worse on it than the
   candidate that came in.
@@ -55,7 +57,7 @@ from tools.errors import (
     UnsupportedDeviceError,
     UnsupportedFormatError,
 )
-from tools.handle import EvalData, InputSpec, ModelHandle, copy_model
+from tools.handle import TRAINED_ON_EVAL_DATA, EvalData, InputSpec, ModelHandle, copy_model
 from tools.runtime import (
     check_inputs,
     flatten_outputs,
@@ -128,7 +130,7 @@ def distill(
     loss: str = "auto",
     temperature: float = 2.0,
     augment: bool = True,
-    noise: float = 0.05,
+    noise: float = 0.2,
     num_samples: int = 512,
     seed: int = 0,
     device: str | None = None,
@@ -150,20 +152,23 @@ def distill(
     assert isinstance(args, DistillArgs)
     check_pair(candidate, teacher)
     data, source = distillation_data(candidate, teacher, data, args.num_samples, args.seed)
+    data, measured_on, held_out = split_for_training(data, source)
     student, how = trainable_copy(candidate)
     report = fit_to_teacher(
         student, candidate, teacher, data, args, device=device, synthesize=source == "synthesized"
     )
     step: dict[str, Any] = {"tool": "distill", **args.model_dump()}
-    result: dict[str, Any] = {"data_source": source, **report.summary()}
+    result: dict[str, Any] = {"data_source": source, "held_out_samples": held_out, **report.summary()}
     if how:
         result["module_tree"] = how
     # Rebuilding this version replays these arguments: the steps it ran, with no clock to cut them.
     result["replay"] = {"steps": report.steps_run, "time_budget_s": None}
     step["result"] = result
     out = candidate.with_step(student, step)
-    before = accuracy_against(candidate, teacher, data)
-    after = accuracy_against(out, teacher, data)
+    if held_out:
+        out.metadata[TRAINED_ON_EVAL_DATA] = True
+    before = accuracy_against(candidate, teacher, measured_on)
+    after = accuracy_against(out, teacher, measured_on)
     result.update(
         accuracy_retained_before=_round(before),
         accuracy_retained_after=_round(after),
@@ -235,6 +240,18 @@ def distillation_data(
     if len(set(counts.values())) > 1:
         raise DataMismatchError(f"the data's inputs hold different numbers of samples: {counts}")
     return picked, source
+
+
+def split_for_training(data: EvalData, source: str) -> tuple[EvalData, EvalData, int]:
+    """(what to train on, what to measure the result on, samples held out). A model's own evaluation data
+    is halved: the gate measures the trained model on the half it never saw (`tools.evaluation` picks
+    that half for a handle marked `TRAINED_ON_EVAL_DATA`), so recovery cannot fit the test it is judged
+    by. Given and synthesized data are used whole."""
+    halves = data.halves() if source in ("eval_data", "teacher_eval_data") else None
+    if halves is None:
+        return data, data, 0
+    fit, held = halves
+    return fit, held, held.num_samples
 
 
 def trainable_copy(handle: ModelHandle) -> tuple[nn.Module, dict[str, Any]]:

@@ -70,7 +70,7 @@ from pydantic import BaseModel, Field
 
 from tools.arguments import EvalMetric, check_arguments
 from tools.errors import DataMismatchError, InvalidArgumentError, InvalidModelError, ToolError
-from tools.handle import EvalData, ModelHandle
+from tools.handle import TRAINED_ON_EVAL_DATA, EvalData, ModelHandle
 from tools.outputs import OUTPUT_KINDS, KindGuess, OutputKind, guess_kinds
 from tools.runtime import check_inputs, output_values, slice_batch, synthesize_inputs
 
@@ -85,7 +85,14 @@ _KIND_METRIC: dict[str, str] = {
     "regression": "within_tolerance_of_reference",
     "labels": "exact_agreement",
 }
-DataSource = Literal["given", "eval_data", "reference_eval_data", "synthesized"]
+DataSource = Literal[
+    "given",
+    "eval_data",
+    "reference_eval_data",
+    "eval_data_held_out",  # a model trained on the other half (distillation, quantization-aware training)
+    "reference_eval_data_held_out",
+    "synthesized",
+]
 
 
 class OutputResult(BaseModel):
@@ -255,10 +262,14 @@ def _pick_data(
 ) -> tuple[EvalData, Any]:
     if data is not None:
         return data, "given"
-    if handle.eval_data is not None and handle.eval_data.inputs:
-        return handle.eval_data, "eval_data"
-    if reference.eval_data is not None and reference.eval_data.inputs:
-        return reference.eval_data, "reference_eval_data"
+    for own, source in ((handle.eval_data, "eval_data"), (reference.eval_data, "reference_eval_data")):
+        if own is None or not own.inputs:
+            continue
+        halves = own.halves() if handle.metadata.get(TRAINED_ON_EVAL_DATA) else None
+        if halves is not None:
+            # Trained on the other half (tools.distillation.split_for_training): measured on unseen samples.
+            return halves[1], f"{source}_held_out"
+        return own, source
     if not handle.inputs:
         raise InvalidArgumentError("the model has no input signature and no evaluation data to evaluate on")
     return EvalData(inputs=synthesize_inputs(handle.inputs, num_samples, seed=seed)), "synthesized"
@@ -319,12 +330,14 @@ def _reference_outputs(
         inputs_obj: Any = None
     else:
         key, inputs_obj = ("data", id(data.inputs), n), data.inputs
-    hit = reference.cache.get("evaluate_reference_outputs")
+    hits = reference.cache.setdefault("evaluate_reference_outputs", [])
     # The inputs object itself is kept and compared, so a recycled id() cannot alias other data.
-    if hit is not None and hit[0] == key and hit[1] is inputs_obj:
-        return hit[2]
+    for hit in hits:
+        if hit[0] == key and hit[1] is inputs_obj:
+            return hit[2]
     out = _outputs(reference, data.inputs, n, batch_size)
-    reference.cache["evaluate_reference_outputs"] = (key, inputs_obj, out)
+    # Two entries: the whole evaluation set and the half trained candidates are measured on.
+    hits[:] = [*hits[-1:], (key, inputs_obj, out)]
     return out
 
 

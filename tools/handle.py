@@ -38,16 +38,37 @@ class ArchitectureRef(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+# A model trained on its own evaluation data (distillation, quantization-aware training) trains on one
+# half of it and is measured on the other (`EvalData.halves`); its handle's metadata says so.
+TRAINED_ON_EVAL_DATA = "trained_on_eval_data"
+HOLD_OUT_MIN_SAMPLES = 64  # below this, halves would be too small to measure on: nothing is held out
+
+
 @dataclass
 class EvalData:
     """Named input arrays (first axis = samples) and optional targets."""
 
     inputs: dict[str, np.ndarray]
     targets: np.ndarray | None = None
+    _halves: tuple[EvalData, EvalData] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_samples(self) -> int:
         return int(next(iter(self.inputs.values())).shape[0]) if self.inputs else 0
+
+    def halves(self) -> tuple[EvalData, EvalData] | None:
+        """(fit, held out): the even and the odd samples, the same arrays on every call (evaluations
+        cache the reference's outputs by them); None below `HOLD_OUT_MIN_SAMPLES` samples."""
+        if self.num_samples < HOLD_OUT_MIN_SAMPLES:
+            return None
+        if self._halves is None:
+
+            def part(start: int) -> EvalData:
+                targets = None if self.targets is None else np.asarray(self.targets)[start::2]
+                return EvalData({k: v[start::2] for k, v in self.inputs.items()}, targets)
+
+            self._halves = (part(0), part(1))
+        return self._halves
 
 
 def copy_model(model: Any) -> Any:

@@ -43,7 +43,7 @@ import torch
 
 from tools.arguments import DistillArgs
 from tools.errors import DependencyMissingError, InvalidArgumentError, UnsupportedFormatError
-from tools.handle import EvalData, ModelHandle
+from tools.handle import TRAINED_ON_EVAL_DATA, EvalData, ModelHandle
 
 QAT_METHODS = ("dynamic_int8", "weight_only_int8", "weight_only_int4")
 ORT_INT4_BLOCK = 32
@@ -72,6 +72,7 @@ def quantize_aware(
         check_pair,
         distillation_data,
         fit_to_teacher,
+        split_for_training,
         trainable_copy,
     )
     from tools.quantization import quantize, torch_layer_names
@@ -105,6 +106,7 @@ def quantize_aware(
         steps=steps, time_budget_s=time_budget_s, learning_rate=learning_rate, seed=seed, batch_size=64
     )
     data, source = distillation_data(handle, teacher, data, args.num_samples, seed)
+    data, measured_on, held_out = split_for_training(data, source)
     options: dict[str, Any] = {
         "include": include,
         "exclude": exclude,
@@ -127,8 +129,10 @@ def quantize_aware(
     _convert(student)
 
     trained = quantize(handle.clone(model=student), method, **options)
-    before = accuracy_against(untrained, teacher, data)
-    after = accuracy_against(trained, teacher, data)
+    if held_out:
+        trained.metadata[TRAINED_ON_EVAL_DATA] = True
+    before = accuracy_against(untrained, teacher, measured_on)
+    after = accuracy_against(trained, teacher, measured_on)
     # Training matches a proxy of the kernel (fake quantization); measured on the kernel itself, a result
     # that retains less than the untrained weights do is not kept.
     kept = "trained" if after >= before else "post_training"
@@ -146,6 +150,7 @@ def quantize_aware(
         "kernel_path": path,
         "fake_quantization": described,
         "data_source": source,
+        "held_out_samples": held_out,
         "teacher": "given" if teacher is not handle else "the float model itself",
         **report.summary(),
         "accuracy_retained_before": round(before, 6),

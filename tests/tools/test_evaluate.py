@@ -142,14 +142,14 @@ def test_mismatched_data_raises_typed_errors() -> None:
 def test_reference_outputs_are_cached_per_data() -> None:
     reference = mlp_handle()
     first = evaluate(prune(reference, "magnitude", 0.5), reference=reference, num_samples=32)
-    cached = reference.cache["evaluate_reference_outputs"][2]
+    cached = reference.cache["evaluate_reference_outputs"][-1][2]
     assert cached.arrays["output"].shape == (32, 16)
     again = evaluate(prune(reference, "magnitude", 0.5), reference=reference, num_samples=32)
-    assert reference.cache["evaluate_reference_outputs"][2] is cached and again == first
+    assert reference.cache["evaluate_reference_outputs"][-1][2] is cached and again == first
     x = synthesize_inputs(reference.inputs, 8, seed=9)
     given = evaluate(reference.clone(), reference=reference, data=EvalData(inputs=x))
     assert given.num_samples == 8
-    assert reference.cache["evaluate_reference_outputs"][2].arrays["output"].shape == (8, 16)
+    assert reference.cache["evaluate_reference_outputs"][-1][2].arrays["output"].shape == (8, 16)
 
 
 # --------------------------------------------------------------------------------------------------
