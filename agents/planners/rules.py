@@ -556,7 +556,8 @@ def _size_target_action(
 ) -> Action | None:
     """`method` under the session's size target itself: per-layer precision (float, 8-bit, 4-bit) from
     measured costs, the least costly mix that fits (quantize's `size_target`), once per method and base."""
-    if method not in MIXED_METHODS or any(t.strategy == "quantize_size_target" for t in mine):
+    sized = ("quantize_size_target", "quantize_size_target_alternative")
+    if method not in MIXED_METHODS or any(t.strategy in sized for t in mine):
         return None
     if method == "weight_only_int4" and not (_ort_path(view, method) or view.device.startswith("cuda")):
         return None
@@ -813,6 +814,7 @@ def _speed_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
     return (
         _requant_step(view, facts)
         or _alternative_step(view, facts)
+        or _sized_alternative_step(view, facts)
         or _prune_for_int8_step(view, facts)
         or _speed_prune_step(view, facts)
     )
@@ -882,6 +884,47 @@ def _requant_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
             meta={"method": method},
         )
     return None
+
+
+def _sized_alternative_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
+    """The goal was reached with 4-bit weights everywhere (ONNX Runtime), smaller than the target asks:
+    the same method under the size target, which gives the layers that cost the most accuracy per byte
+    back in int8. That int8 is folded into float weights at load, so the mix is at least as accurate
+    and often faster than MatMulNBits everywhere: on vla-mini 3.66x against 3.30x the original's speed,
+    99.91% against 99.79% of its action-token accuracy, and all of its closed-loop success against 93%."""
+    rec = view.current_record
+    quant = [c for c in rec.recipe if c.tool == "quantize"]
+    if len(quant) != 1 or any(c.tool in ("prune", "distill") for c in rec.recipe):
+        return None
+    call = quant[0]
+    if _method(call) != "weight_only_int4" or not _ort_path(view, "weight_only_int4"):
+        return None
+    if call.arguments.get("size_target") is not None or call.arguments.get("accuracy_target") is not None:
+        return None
+    if size_reduction_percent(view.baseline, view.current) < view.criteria.size_target_percent + 1.0:
+        return None  # no room: the mix could give nothing back
+    base = _float_base(view)
+    mine = [
+        t
+        for t in _plain_quant(_trials_on(view, base, "quantize"))
+        if _method(_quant_call(t)) == "weight_only_int4"
+    ]
+    action = _size_target_action(view, facts, "weight_only_int4", mine, base)
+    if action is None:
+        return None
+    return action.model_copy(
+        update={
+            "reasoning": (
+                f"The goal is reached with 4-bit weights everywhere, "
+                f"{size_reduction_percent(view.baseline, view.current):.1f}% smaller where the target is "
+                f"{view.criteria.size_target_percent:.0f}%. Under the size target itself the tool measures "
+                "what each layer group costs in 4-bit and in int8 and keeps the costliest in int8 (folded "
+                "into float at load: as fast as float on ONNX Runtime); the gate keeps the mix only if it "
+                "scores higher."
+            ),
+            "strategy": "quantize_size_target_alternative",
+        }
+    )
 
 
 def _prune_for_int8_step(view: PlannerView, facts: ProfileFacts) -> Action | None:

@@ -517,3 +517,27 @@ def test_pruned_int8_is_tried_from_the_profile_when_int8_was_never_measured_alon
     assert step.calls[-1].arguments == {"method": "weight_only_int8", "backend": "onnxruntime"}
     assert "expected at" in step.reasoning
     assert decide(h.view(criteria, profile=profile, device="cuda")).strategy != "prune_for_int8"
+
+
+def test_a_goal_reached_with_4bit_everywhere_is_tried_again_under_the_size_target() -> None:
+    """vla-mini's path: 4-bit everywhere went past the 75% target; the mix under the target gives the
+    costliest layers back in int8 (folded to float at load), once."""
+    h = History(floor=0.99)
+    criteria = Criteria(
+        criteria_name="balanced_optimization",
+        target_accuracy_threshold=0.99,
+        max_size_reduction_percent=75,
+        optimization_techniques=["quantization"],
+    )
+    int4 = ToolCall(tool="quantize", arguments={"method": "weight_only_int4", "backend": "onnxruntime"})
+    h.trial(Action(kind="tool", calls=[int4], base_version="v0"), size=200_000, acc=0.998, accepted=True)
+    step = decide(h.view(criteria))
+    assert step.strategy == "quantize_size_target_alternative" and step.base_version == "v0"
+    assert step.calls[0].arguments["size_target"] == 0.25
+    assert step.calls[0].arguments["accuracy_target"] == mixed_target(0.99)
+    h.trial(step, size=249_000, acc=0.999, accepted=False)
+    assert decide(h.view(criteria)).strategy != "quantize_size_target_alternative"
+    # Not when 4-bit everywhere only just reached the target: there is nothing to give back.
+    tight = History(floor=0.99)
+    tight.trial(Action(kind="tool", calls=[int4], base_version="v0"), size=248_000, acc=0.998, accepted=True)
+    assert decide(tight.view(criteria)).strategy != "quantize_size_target_alternative"
