@@ -31,11 +31,13 @@ where it stopped):
    excluded and the search restarts once.
 3. Once the size goal is reached (or nothing above helps), spend what is left of the budget on
    latency: re-quantize the same lineage with a method of no more bits that runs faster here
-   (static int8 on ONNX Runtime kernels on a CPU; int4/int8 weight-only kernels on a GPU); when the goal
-   took sub-8-bit weights and an 8-bit method kept the floor, structured pruning (distilled) that takes
-   the 8-bit method to the size target instead (faster on a CPU); then, for presets that value speed,
-   a search on structured pruning (distilled) beyond the size target, where a step counts only if the
-   gate accepted it (it must raise the objective, not just keep the floor).
+   (static int8 on ONNX Runtime kernels on a CPU; int4/int8 weight-only kernels on a GPU); 4-bit
+   everywhere past the target is tried under the size target (int8, folded to float at load, where
+   4-bit costs the most); when the goal took sub-8-bit weights and an 8-bit method kept the floor,
+   structured pruning (distilled) that takes the 8-bit method to the size target instead (faster on a
+   CPU); then, for presets that value speed, a search on structured pruning (distilled) beyond the
+   size target, where a step counts only if the gate accepted it (it must raise the objective, not
+   just keep the floor).
 4. Deploy runtime (`compile_model`, when the session allows `compilation` and the model has a decoder):
    on a GPU first for decoder-heavy models (lossless; the weight formats follow on top of it), elsewhere
    on the current version once the steps above are done.
