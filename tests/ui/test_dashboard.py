@@ -121,10 +121,13 @@ def test_whole_flow_login_upload_optimize_chat_plot_download(
     # Cancel is over for a finished session; Roll back goes to the previous accepted version and the
     # stream, reopened from where it stopped, brings the rollback's events.
     assert page.get_by_role("button", name="Cancel").is_disabled()
+    chain = body["accepted_chain"]
+    assert len(chain) >= 2 and chain[-1] == selected["version"], chain
+    previous = chain[-2]  # the original when one candidate was accepted
     page.get_by_role("button", name="Roll back").click()
-    page.get_by_role("status").filter(has_text="Rolled back to v0").wait_for()
+    page.get_by_role("status").filter(has_text=f"Rolled back to {previous}").wait_for()
     timeline.get_by_text("Rolled back", exact=True).wait_for()
-    assert page.locator(".selected-label").first.text_content() == "v0 selected"
+    assert page.locator(".selected-label").first.text_content() == f"{previous} selected"
     assert not ui.errors and not ui.dialogs, (ui.errors, ui.dialogs)
 
 
