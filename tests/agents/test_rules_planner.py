@@ -465,16 +465,20 @@ def test_the_pruning_search_stops_paying_for_distillation_that_buys_nothing() ->
     assert p3.strategy == "prune_search" and [c.tool for c in p3.calls] == ["prune", "quantize"]
 
 
+# The eval suite's small-policy criteria (evals/cases.py): 4x smaller, 99% kept, pruning allowed.
+POLICY_TARGET = Criteria(
+    criteria_name="max_compression",
+    target_accuracy_threshold=0.99,
+    max_size_reduction_percent=75,
+    optimization_techniques=["quantization", "pruning"],
+)
+
+
 def test_a_goal_reached_with_4bit_is_tried_again_as_pruned_int8_which_runs_faster() -> None:
     """Reacher's path: int8 kept the floor but missed the 75% target, the 4-bit mix reached it; the planner
     then prunes (distilled) so that int8 reaches the target, first a quarter, then what the target needs."""
     h = History(floor=0.99)
-    criteria = Criteria(
-        criteria_name="max_compression",
-        target_accuracy_threshold=0.99,
-        max_size_reduction_percent=75,
-        optimization_techniques=["quantization", "pruning"],
-    )
+    criteria = POLICY_TARGET
     int8 = ToolCall(tool="quantize", arguments={"method": "weight_only_int8", "backend": "onnxruntime"})
     mix = ToolCall(
         tool="quantize",
@@ -503,12 +507,7 @@ def test_pruned_int8_is_tried_from_the_profile_when_int8_was_never_measured_alon
     size (from the profile) sets the pruning; on a GPU, where 4-bit is the fast format, it is not tried."""
     profile = {**PROFILE, "size_bytes": 1_000_000}
     h = History(floor=0.99)
-    criteria = Criteria(
-        criteria_name="max_compression",
-        target_accuracy_threshold=0.99,
-        max_size_reduction_percent=75,
-        optimization_techniques=["quantization", "pruning"],
-    )
+    criteria = POLICY_TARGET
     mix = ToolCall(
         tool="quantize",
         arguments={"method": "weight_only_int4", "backend": "onnxruntime", "size_target": 0.25},
