@@ -117,7 +117,10 @@ async def test_the_gate_compares_a_candidate_with_the_current_version_measured_s
     ref = ArchitectureRef(name="mlp_policy", config={"obs_dim": 12, "act_dim": 3, "hidden": [256, 256]})
     torch.manual_seed(0)
     handle = ModelHandle(
-        runtime="torch", format="state_dict", model=build_model(ref).eval(), inputs=input_specs(ref),
+        runtime="torch",
+        format="state_dict",
+        model=build_model(ref).eval(),
+        inputs=input_specs(ref),
         architecture=ref,
     )
     criteria = {"criteria_name": "balanced_optimization", "target_accuracy_threshold": 0.9, "max_trials": 3}
