@@ -82,7 +82,7 @@ def compile_model(handle: ModelHandle, *, device: str = "cpu", mode: str = "defa
         "mode": mode,
         "result": {
             **runtime.describe(),
-            "compile_s": round(compile_s, 2),
+            "compile_s": round(compile_s, 4),  # near 0 when this process compiled the same graph before
             "torch": torch.__version__.split("+")[0],
             "emulate_precision_casts": True,
             "loader": "tools.decode_runtime.load_runtime(path, device=..., mode=...) on the .pt2 download",

@@ -271,7 +271,10 @@ def _export_onnx(
     import torch
 
     errors = []
-    # The TorchScript-based exporter first: it handles dynamic batch axes of plain modules robustly.
+    fixed: list[str] = []
+    checks = _size_checks(handle, model, args)
+    # The TorchScript-based exporter first: it handles dynamic batch axes of plain modules robustly. A
+    # graph that holds a dynamic size fixed goes to the dynamo exporter (torch.export keeps sizes symbolic).
     try:
         buffer = io.BytesIO()
         torch.onnx.export(
@@ -285,7 +288,12 @@ def _export_onnx(
             do_constant_folding=True,
             dynamo=False,
         )
-        return onnx.load_from_string(buffer.getvalue())
+        proto = onnx.load_from_string(buffer.getvalue())
+        what = _onnx_fixed_size(proto, names, checks)
+        if what is None:
+            return proto
+        fixed.append(what)
+        errors.append(f"torchscript exporter: the graph is fixed to the exported {what}")
     except Exception as exc:  # noqa: BLE001 - fall back to the dynamo exporter below
         errors.append(f"torchscript exporter: {exc}")
     try:
@@ -302,12 +310,23 @@ def _export_onnx(
             dynamo=True,
             verbose=False,
         )
-        return program.model_proto
+        proto = program.model_proto
+        what = _onnx_fixed_size(proto, names, checks)
+        if what is None:
+            return proto
+        fixed.append(what)
+        errors.append(f"dynamo exporter: the graph is fixed to the exported {what}")
     except Exception as exc:  # noqa: BLE001
         errors.append(f"dynamo exporter: {exc}")
-    raise UnsupportedFormatError(
-        "the model could not be exported to ONNX", details=" | ".join(e[:500] for e in errors)
-    )
+    details = " | ".join(e[:500] for e in errors)
+    if fixed:
+        raise FrozenTraceError(
+            f"the ONNX export of this model is fixed to the exported {fixed[0]}, where the model takes any; "
+            "use a torch backend for it (quantize with backend='torch'), or upload an ONNX file exported "
+            "with dynamic axes",
+            details=details,
+        )
+    raise UnsupportedFormatError("the model could not be exported to ONNX", details=details)
 
 
 def _quantization_backend(handle: ModelHandle) -> str | None:
@@ -399,18 +418,14 @@ def _export_torchscript(handle: ModelHandle, path: Path) -> None:
 
 
 class FrozenTraceError(UnsupportedFormatError):
-    """A TorchScript trace that holds a dynamic input size as a constant: it would fail, or be wrong, on
-    inputs the original takes."""
+    """A TorchScript trace or an ONNX export that holds a dynamic input size as a constant: it would fail,
+    or be wrong, on inputs the original takes."""
 
 
-def _check_trace_is_dynamic(handle: ModelHandle, model: Any, traced: Any, args: tuple[Any, ...]) -> None:
-    """A trace can freeze a size the model computes from its input (a reshape to the traced batch, a
-    position table sliced to the traced sequence): with a dynamic batch axis the trace must give the
-    model's outputs at another batch size too, and with a dynamic sequence axis of token ids (integer
-    inputs) at a sequence one shorter. A candidate converted through torch.export on one example
-    (TS2EPConverter) can hold the sequence length itself; it then fails here as well."""
+def _size_variants(handle: ModelHandle, args: tuple[Any, ...]) -> list[tuple[str, tuple[Any, ...]]]:
+    """Example arguments at another size, one per dynamic axis worth checking: one more sample when the
+    batch axis is dynamic, one token fewer when token ids (2-D integer inputs) have a dynamic sequence."""
     import torch
-    from torch.utils._pytree import tree_leaves
 
     variants: list[tuple[str, tuple[Any, ...]]] = []
     if any(s.shape and s.shape[0] is None for s in handle.inputs):
@@ -435,7 +450,19 @@ def _check_trace_is_dynamic(handle: ModelHandle, model: Any, traced: Any, args: 
     if any(tokens(a, s) for a, s in zip(args, handle.inputs, strict=True)):
         shorter = tuple(a[:, :-1] if tokens(a, s) else a for a, s in zip(args, handle.inputs, strict=True))
         variants.append(("sequence length", shorter))
-    for what, other in variants:
+    return variants
+
+
+def _check_trace_is_dynamic(handle: ModelHandle, model: Any, traced: Any, args: tuple[Any, ...]) -> None:
+    """A trace can freeze a size the model computes from its input (a reshape to the traced batch, a
+    position table sliced to the traced sequence): with a dynamic batch axis the trace must give the
+    model's outputs at another batch size too, and with a dynamic sequence axis of token ids (integer
+    inputs) at a sequence one shorter. A candidate converted through torch.export on one example
+    (TS2EPConverter) can hold the sequence length itself; it then fails here as well."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    for what, other in _size_variants(handle, args):
         try:
             want = [t for t in tree_leaves(model(*other)) if isinstance(t, torch.Tensor)]
             got = [t for t in tree_leaves(traced(*other)) if isinstance(t, torch.Tensor)]
@@ -452,6 +479,57 @@ def _check_trace_is_dynamic(handle: ModelHandle, model: Any, traced: Any, args: 
                 "from its input that tracing records as constants), where the original takes any",
                 details=str(error)[:300] if error is not None else None,
             )
+
+
+def _size_checks(
+    handle: ModelHandle, model: Any, args: tuple[Any, ...]
+) -> list[tuple[str, tuple[Any, ...], np.ndarray]]:
+    """(what, arguments at another size, the model's first output there) for `_onnx_fixed_size`. Computed
+    before exporting: torch's TorchScript-based exporter leaves modules in training mode."""
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    out = []
+    for what, other in _size_variants(handle, args):
+        try:
+            with torch.no_grad():
+                want = next(t for t in tree_leaves(model(*other)) if isinstance(t, torch.Tensor))
+        except Exception:  # noqa: BLE001 - the model itself does not take that size: nothing to check
+            continue
+        out.append((what, other, want.detach().float().cpu().numpy()))
+    return out
+
+
+def _onnx_fixed_size(
+    proto: Any, names: list[str], checks: list[tuple[str, tuple[Any, ...], np.ndarray]]
+) -> str | None:
+    """The size an exported graph holds fixed where the model takes any (None: it gives the model's output
+    at another batch size and sequence length). The TorchScript-based exporter traces a `.pt2` program's
+    graph module, whose shape computations it records as constants: a BERT exported so took only the
+    exported batch, and ONNX Runtime failed on the first evaluation batch ("2 by 64")."""
+    if not checks or proto.ByteSize() > ONNX_SINGLE_FILE_LIMIT:
+        return None
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - a graph ONNX Runtime cannot load is reported where it is run
+        return None
+    wanted = {i.name for i in session.get_inputs()}
+    for what, other, want in checks:
+        feed = {n: a.detach().cpu().numpy() for n, a in zip(names, other, strict=True) if n in wanted}
+        try:
+            got = session.run(None, feed)[0]
+        except Exception:  # noqa: BLE001 - the graph cannot run at the other size: fixed
+            return what
+        if got.shape != want.shape:
+            return what
+        scale = max(float(np.abs(want).max()), 1e-6)
+        if float(np.abs(got.astype(np.float32) - want).max()) / scale > 1e-2:
+            return what
+    return None
 
 
 def _export_pt2(handle: ModelHandle, path: Path) -> None:

@@ -62,7 +62,9 @@ def test_step_records_the_runtime_and_the_input_is_untouched(
     result = step["result"]
     assert result["runtime"] == "static_kv_cache" and result["decoding"] == "autoregressive"
     assert result["compiled"] is True and result["backend"] == "inductor" and result["cuda_graphs"] is False
-    assert result["compile_s"] > 0 and "load_runtime" in result["loader"]
+    # The warm-up's seconds: near zero when this process compiled the same graph before (dynamo's cache).
+    assert isinstance(result["compile_s"], float) and result["compile_s"] >= 0
+    assert "load_runtime" in result["loader"]
     # Same weights: the state dict is the eager model's under `model.`.
     assert set(compiled.model.state_dict()) == {f"model.{k}" for k in eager.model.state_dict()}
 

@@ -182,3 +182,55 @@ def test_bf16_refuses_onnx_export_and_bf16_onnx_files_are_profiled(tmp_path: Pat
     assert profile.quantizable_layers == ["/encoder/encoder.0/Gemm", "/encoder/encoder.2/Gemm", "/head/Gemm"]
     with pytest.raises(UnsupportedFormatError, match="no kernel"):
         forward(outside, {"obs": np.zeros((1, 64), dtype=np.float32)})
+
+
+def test_a_pt2_transformer_exports_to_onnx_with_its_dynamic_axes(tmp_path: Path) -> None:
+    """A .pt2 BERT (transformers, random weights): the TorchScript-based exporter traces the program's graph
+    module and records its shape computations as constants; the export keeps batch and sequence dynamic
+    (the dynamo exporter then), so ONNX Runtime paths such as a 4-bit size target run on it."""
+    from evals.zoo import build, export_zoo
+
+    zoo = build("bert")
+    handle = load_model(export_zoo(zoo, "pt2", tmp_path))
+    assert handle.format == "pt2"
+    graph = to_onnx_model(handle)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    for batch, seq in ((3, 9), (1, 16)):
+        x = zoo.make_inputs(batch=batch, seq_len=seq, seed=1)
+        out = session.run(None, {k: v for k, v in x.items() if k in names})[0]
+        ref = zoo.reference(x)
+        assert out.shape == ref.shape
+        assert float(np.abs(out - ref).max()) <= 1e-3 * float(np.abs(ref).max())
+    sized = quantize(handle, method="weight_only_int4", backend="onnxruntime", size_target=0.25)
+    assert sized.runtime == "onnx" and sized.recipe[-1]["result"]["mixed_precision"]
+
+
+class _FixedBatch(torch.nn.Module):
+    """Takes any batch, but reads its size as a Python int: tracing records it as a constant and
+    torch.export specializes it, so no exporter gives the graph a dynamic batch axis."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        n = int(obs.shape[0])
+        return self.fc(obs) + torch.arange(n * 4, dtype=obs.dtype).reshape(n, 4)
+
+
+def test_an_onnx_export_fixed_to_the_exported_batch_is_refused_with_a_typed_error() -> None:
+    from tools.exporting import FrozenTraceError
+    from tools.handle import InputSpec, ModelHandle
+
+    handle = ModelHandle(
+        runtime="torch",
+        format="state_dict",
+        model=_FixedBatch().eval(),
+        inputs=[InputSpec(name="obs", shape=[None, 8], dtype="float32")],
+    )
+    with pytest.raises(FrozenTraceError, match="fixed to the exported batch size") as info:
+        to_onnx_model(handle)
+    assert "backend='torch'" in str(info.value)
+    with pytest.raises(FrozenTraceError):
+        quantize(handle, method="weight_only_int8", backend="onnxruntime")
