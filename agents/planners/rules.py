@@ -962,7 +962,8 @@ def _sized_alternative_step(view: PlannerView, facts: ProfileFacts) -> Action | 
 
 def _prune_for_int8_step(view: PlannerView, facts: ProfileFacts) -> Action | None:
     """The size goal was reached with sub-8-bit weights, where an 8-bit method kept the floor but missed
-    the size: structured pruning (distilled) that brings that 8-bit method to the target instead.
+    the size: structured pruning (distilled) that brings that 8-bit method to the target instead (also when
+    the gate went on to keep the 8-bit version itself).
 
     On a CPU 8-bit weights folded at load run at float speed and 4-bit blocks (or a layer split between
     4-bit and int8) do not, and a pruned model is faster and lighter still: on the reacher policy 25%
@@ -984,7 +985,12 @@ def _prune_for_int8_step(view: PlannerView, facts: ProfileFacts) -> Action | Non
         return None  # on a GPU 4-bit weights are the fast ones
     rec = view.current_record
     quant = [c for c in rec.recipe if c.tool == "quantize"]
-    if not quant or any(c.tool == "prune" for c in rec.recipe) or _BITS.get(_method(quant[-1]), 16) >= 8:
+    # The current version: sub-8-bit, or the 8-bit one itself when the gate preferred it (a little short of
+    # the target, faster): the same move either way, which latency noise between the two must not decide.
+    bits = _BITS.get(_method(quant[-1]), 16) if quant else 16
+    if not quant or any(c.tool == "prune" for c in rec.recipe) or bits > 8:
+        return None
+    if bits == 8 and not _reached_below_8_bits(view):
         return None
     root = _root_float(view)
     base_m = view.versions[root].measurement or {}
@@ -1000,7 +1006,8 @@ def _prune_for_int8_step(view: PlannerView, facts: ProfileFacts) -> Action | Non
         ratio = int((best.measurement or {}).get("size_bytes") or base_bytes) / base_bytes
         source = f"kept the floor (trial {best.number}) at {100 * ratio:.1f}% of the size"
     elif (
-        not tried
+        bits < 8
+        and not tried
         and _ort_path(view, "weight_only_int8")
         and "weight_only_int8" in dict(ranked_quant_methods(view, facts))
     ):
@@ -1028,14 +1035,28 @@ def _prune_for_int8_step(view: PlannerView, facts: ProfileFacts) -> Action | Non
         calls=[*prune, ToolCall(tool="quantize", arguments=dict(call.arguments))],
         base_version=root,
         reasoning=(
-            f"The size goal is met with {current} at {speedup(view.baseline, view.current):.2f}x the "
-            f"original's speed. {_method(call)} {source}; pruning {100 * amount:.0f}% of the channels "
+            f"The current version ({current}) is "
+            f"{size_reduction_percent(view.baseline, view.current):.1f}% smaller at "
+            f"{speedup(view.baseline, view.current):.2f}x the original's speed. "
+            f"{_method(call)} {source}; pruning {100 * amount:.0f}% of the channels "
             "(distilled from the original) takes it to the target, and 8-bit weights on a pruned model run "
             f"faster than {current}. The gate keeps it only if the score rises."
         ),
         strategy="prune_for_int8",
         meta={"method": "structured", "amount": round(amount, 4), "needed": needed, "int8": _method(call)},
     )
+
+
+def _reached_below_8_bits(view: PlannerView) -> bool:
+    """Whether a trial with sub-8-bit weights reached the size goal within the floor."""
+    for t in view.trials:
+        if not t.meets or not t.measurement:
+            continue
+        if not any(c.tool == "quantize" and _BITS.get(_method(c), 16) < 8 for c in t.calls):
+            continue
+        if goal_reached(view.criteria, view.baseline, Measurement.model_validate(t.measurement)):
+            return True
+    return False
 
 
 def _int8_for_speed_action(view: PlannerView, root: str, current: ToolCall) -> Action:

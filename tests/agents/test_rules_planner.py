@@ -503,6 +503,33 @@ def test_a_goal_reached_with_4bit_is_tried_again_as_pruned_int8_which_runs_faste
     assert decide(h.view(only_quant)).strategy != "prune_for_int8"
 
 
+def test_pruned_int8_is_tried_when_the_gate_kept_int8_itself_over_the_4bit_mix() -> None:
+    """Reacher's other path (latency noise decides which of the two scores higher in a session): the mix
+    reached the target, then int8 weight-only a little short of it scored higher and became the current
+    version. The pruning that takes int8 to the target (a quarter, for speed) is still tried."""
+    h = History(floor=0.99)
+    criteria = POLICY_TARGET
+    int8 = ToolCall(tool="quantize", arguments={"method": "weight_only_int8", "backend": "onnxruntime"})
+    mix = ToolCall(
+        tool="quantize",
+        arguments={"method": "weight_only_int4", "backend": "onnxruntime", "size_target": 0.25},
+    )
+    h.trial(Action(kind="tool", calls=[mix], base_version="v0"), size=247_000, acc=0.999, accepted=True)
+    h.trial(Action(kind="tool", calls=[int8], base_version="v0"), size=268_000, acc=1.0, accepted=True)
+    seen = []
+    for _ in range(8):
+        step = decide(h.view(criteria))
+        if step.kind == "finish":
+            break
+        seen.append(step.strategy)
+        if step.strategy == "prune_for_int8":
+            assert step.calls[0].arguments == {"method": "structured", "amount": 0.25}
+            assert step.calls[-1] == int8 and "(weight_only_int8)" in step.reasoning
+            break
+        h.trial(step, size=240_000, acc=0.98, accepted=False)
+    assert seen and seen[-1] == "prune_for_int8", seen
+
+
 def test_int8_is_measured_on_its_own_before_pruning_for_it_when_it_never_was() -> None:
     """vla-mini's path: 4-bit first (int8 cannot reach 75% alone), the 4-bit mix reaches it; int8 weight-only
     is measured on its own (it may score higher a little short of the target: float speed), then its size
