@@ -49,7 +49,7 @@ browser:
 	    echo "make browser: chromium is missing and installing it needs root (apt-get install chromium)" >&2; \
 	  fi; }
 
-# Two workers, each test file whole on one (its module fixtures built once): 11 min on 2 cores, 17 serially.
+# Two workers, each test file whole on one (its module fixtures built once): 12 min on 2 cores, 17 serially.
 TEST_WORKERS ?= 2
 test: install browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
